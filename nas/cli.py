@@ -1,0 +1,177 @@
+"""``nas`` command line. Thin: parses arguments and calls library functions; no logic lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import UserError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _space(name: str):
+    from .space import SearchSpace
+
+    return SearchSpace.load(name)
+
+
+# ---------------------------------------------------------------------- profile
+@command("profile")
+def cmd_profile(a: argparse.Namespace) -> int:
+    from .latency import profile as P
+
+    if a.import_results:
+        table = P.import_results(a.import_results, a.out_root)
+        print(P.describe(table))
+        return 0
+    if not a.space or not a.device:
+        raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
+    space = _space(a.space)
+    protocol = P.Protocol(rounds=a.rounds, chunk=a.chunk, seed=a.seed)
+    if a.export_bundle:
+        be = P.resolve_device(a.device, a.backend, a.threads)
+        if be.name != "onnxruntime":
+            raise UserError("--export-bundle", "bundles run ONNX Runtime", "use an ort device name")
+        out = P.export_bundle(space, a.device, a.export_bundle, be.threads, a.batch, a.granularity, protocol,
+                              a.validate, a.fit_networks, a.quiet)
+        print(f"bundle written to {out}; on the device run: python {out}/run_bundle.py")
+        return 0
+    table = P.profile(space, a.device, a.backend, a.threads, a.batch, a.granularity, a.out_root, protocol,
+                      a.validate, a.fit_networks, a.force, a.quiet)
+    print(P.describe(table))
+    return 0
+
+
+# ---------------------------------------------------------------------- space
+@command("space")
+def cmd_space(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import cost
+
+    space = _space(a.space)
+    if a.sample:
+        pop = space.sample(np.random.default_rng(a.seed), a.sample)
+        macs, params = cost.macs(space, pop), cost.params(space, pop)
+        for arch, m, p in zip(space.decode_many(pop), macs, params):
+            print(f"{arch.id}  macs={m / 1e6:.2f}M  params={p / 1e6:.3f}M")
+        return 0
+    print(f"{space.name}: {len(space.stages)} stages, {space.D} decisions, {space.cardinality:.3e} architectures")
+    for d in space.decisions:
+        print(f"  {d.name:14s} {list(d.choices)}")
+    print(f"  stage options (distinct blocks with their input shapes): {len(space.stage_options())}")
+    return 0
+
+
+# ---------------------------------------------------------------------- export
+@command("export")
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import save_network
+
+    space = _space(a.space)
+    arch = space.parse_id(a.arch_id)
+    from .blocks import build_model
+
+    import torch
+
+    torch.manual_seed(a.seed)
+    model = build_model(arch)
+    if a.weights:
+        from .export import load_state_dict_file
+
+        try:
+            model.load_state_dict(load_state_dict_file(a.weights))
+        except RuntimeError as e:
+            raise UserError(a.weights, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
+                            "pass the checkpoint trained for this architecture") from None
+    out = save_network(arch, model, a.out)
+    print(f"wrote {out}/arch.json, model.safetensors, model.onnx")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nas", description="Hardware-aware neural architecture search.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("profile", help="measure a latency table for a device (or export/import a bundle)")
+    sp.add_argument("--space", help="search space name or YAML path")
+    sp.add_argument("--device", help="device name <hardware>-<ort|torch>-<threads>t, e.g. cpu-ort-1t")
+    sp.add_argument("--backend", choices=["onnxruntime", "ort", "torch"], default=None)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--granularity", choices=["layer", "stage"], default="stage",
+                    help="time whole stage options, or first+repeated layers (default: stage)")
+    sp.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per entry")
+    sp.add_argument("--chunk", type=int, default=150, help="entries interleaved together")
+    sp.add_argument("--validate", type=int, default=0, metavar="N",
+                    help="also measure N random whole networks end to end and compare")
+    sp.add_argument("--fit-networks", type=int, default=30, help="validation networks used to fit the correction")
+    sp.add_argument("--out-root", default="latency_tables", help="tables go to OUT_ROOT/<space>/<device>.csv")
+    sp.add_argument("--force", action="store_true", help="re-measure an existing table from scratch")
+    sp.add_argument("--export-bundle", metavar="DIR", help="write a self-contained bundle for a remote device")
+    sp.add_argument("--import-results", metavar="DIR", help="turn a measured bundle into a table")
+    common(sp)
+
+    sp = sub.add_parser("space", help="describe a search space or sample from it")
+    sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")
+    sp.add_argument("--sample", type=int, default=0, metavar="N", help="print N random architectures")
+    common(sp)
+
+    sp = sub.add_parser("export", help="write a network as safetensors + arch JSON + ONNX")
+    sp.add_argument("arch_id")
+    sp.add_argument("--space", default="mobilenetv3_cifar")
+    sp.add_argument("--weights", help="state_dict to load (safetensors or torch file; loaded weights_only)")
+    sp.add_argument("--out", default="exported")
+    common(sp)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        args = parser.parse_args(["search", *(argv or [])]) if "search" in COMMANDS else args
+        if not args.command:
+            parser.print_help()
+            return 0
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing measured is lost; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # output piped into e.g. head
+        sys.stderr.close()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,18 @@
+"""One exception type for user mistakes; the CLI prints it on one line and exits with code 2."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input: a file, an option or a value.
+
+    ``where`` names the file or option, ``fix`` says how to put it right. Bugs raise ordinary
+    exceptions and keep their traceback.
+    """
+
+    def __init__(self, where: str, what: str, fix: str = ""):
+        self.where, self.what, self.fix = str(where), what, fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = f"{self.where}: {self.what}"
+        return f"{text} ({self.fix})" if self.fix else text

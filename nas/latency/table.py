@@ -1,0 +1,185 @@
+"""Latency lookup tables: CSV of entries plus JSON metadata; vectorised prediction over populations."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from ..io import read_csv, read_json, write_csv, write_json
+from ..resources import shipped_dir
+from ..space import SearchSpace
+from .entries import GRANULARITIES, KEY_COLUMNS, Entry, assemble, entry_counts, enumerate_entries
+
+VALUE_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "runs")
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-\d+t$")
+
+
+def meta_path(csv_path: str | os.PathLike) -> Path:
+    return Path(csv_path).with_suffix(".json")
+
+
+def table_path(space_name: str, device: str, root: str | os.PathLike = "latency_tables") -> Path:
+    return Path(root) / space_name / f"{device}.csv"
+
+
+class LatencyTable:
+    """One device's measured entries for one space. ``predict(pop)`` gives milliseconds per architecture."""
+
+    def __init__(self, rows: pd.DataFrame, meta: dict[str, Any], path: Optional[Path] = None):
+        self.rows, self.meta, self.path = rows, meta, path
+        self._space: Optional[SearchSpace] = None
+        self._cost = None
+        self._hash: Optional[str] = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, csv_path: str | os.PathLike, space: Optional[SearchSpace] = None) -> "LatencyTable":
+        csv_path = Path(csv_path)
+        rows = read_csv(csv_path, "latency table", required=KEY_COLUMNS + ("median_ms",))
+        if rows["median_ms"].isna().any() or (pd.to_numeric(rows["median_ms"], errors="coerce") <= 0).any():
+            raise UserError(csv_path, "median_ms has missing, non-numeric or non-positive values",
+                            "re-run nas profile for this device")
+        meta = read_json(meta_path(csv_path), "latency table metadata")
+        for k in ("space", "device", "granularity", "fingerprint"):
+            if k not in meta:
+                raise UserError(meta_path(csv_path), f"metadata lacks {k!r}", "re-run nas profile for this device")
+        table = cls(rows, meta, csv_path)
+        if space is not None:
+            table.bind(space)
+        return table
+
+    @classmethod
+    def find(cls, space: SearchSpace, device: str, tables_dir: Optional[str | os.PathLike] = None) -> "LatencyTable":
+        """The table of ``device`` for ``space``: in ``tables_dir``, else ``./latency_tables``, else shipped."""
+        roots = [Path(tables_dir)] if tables_dir else [Path("latency_tables"), shipped_dir("latency_tables")]
+        for root in roots:
+            p = table_path(space.name, device, root)
+            if p.exists():
+                return cls.load(p, space)
+        known = available_devices(space.name, roots)
+        hint = f"known for {space.name}: {', '.join(known)}" if known else f"no tables exist for {space.name}"
+        raise UserError(f"device {device!r}", "no latency table for this device",
+                        f"{hint}; measure one with: nas profile --space {space.name} --device {device}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def space_name(self) -> str:
+        return self.meta["space"]
+
+    @property
+    def device(self) -> str:
+        return self.meta["device"]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.meta["fingerprint"]
+
+    @property
+    def granularity(self) -> str:
+        return self.meta["granularity"]
+
+    @property
+    def correction(self) -> dict[str, Any]:
+        return self.meta.get("correction") or {}
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 (first 16 hex digits) of the table's rows, for provenance in run outputs."""
+        if self._hash is None:
+            blob = self.rows[list(KEY_COLUMNS) + ["median_ms"]].to_csv(index=False).encode()
+            self._hash = hashlib.sha256(blob).hexdigest()[:16]
+        return self._hash
+
+    @property
+    def fingerprint_hash(self) -> str:
+        blob = repr(sorted(self.fingerprint.items())).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ binding and prediction
+    def _lookup(self) -> dict[str, float]:
+        keys = [Entry.from_row(r).key for r in self.rows[list(KEY_COLUMNS)].to_dict("records")]
+        return dict(zip(keys, self.rows["median_ms"].astype(float)))
+
+    def missing(self, space: SearchSpace) -> list[Entry]:
+        have = self._lookup()
+        return [e for e in enumerate_entries(space, self.granularity) if e.key not in have]
+
+    def check(self, space: SearchSpace) -> None:
+        """Fail with a clear message if the table was made for another space or lacks entries."""
+        where = str(self.path or f"table {self.device}")
+        if self.space_name != space.name:
+            raise UserError(where, f"table was made for space {self.space_name!r}, not {space.name!r}",
+                            f"use latency_tables/{space.name}/ or profile this space")
+        sig = self.meta.get("space_signature")
+        if sig and sig != space.signature():
+            raise UserError(where, f"space {space.name!r} changed since this table was measured",
+                            f"re-run nas profile --space {space.name} --device {self.device}")
+        if self.granularity not in GRANULARITIES:
+            raise UserError(where, f"unknown granularity {self.granularity!r}", f"use one of {GRANULARITIES}")
+        missing = self.missing(space)
+        if missing:
+            shown = ", ".join(e.key for e in missing[:3])
+            raise UserError(where, f"{len(missing)} entries the space needs are missing (e.g. {shown})",
+                            f"complete it with: nas profile --space {space.name} --device {self.device}")
+
+    def bind(self, space: SearchSpace) -> "LatencyTable":
+        if self._space is not space:
+            self.check(space)
+            have = self._lookup()
+            self._cost = assemble(space, self.granularity, lambda e: have[e.key])
+            self._space = space
+        return self
+
+    @property
+    def space(self) -> SearchSpace:
+        if self._space is None:
+            self.bind(SearchSpace.load(self.space_name))
+        return self._space
+
+    def predict_sum(self, pop: np.ndarray) -> np.ndarray:
+        """The plain sum of the table's entries, in ms."""
+        _ = self.space
+        return self._cost(pop)
+
+    def predict(self, pop: np.ndarray, corrected: Optional[bool] = None) -> np.ndarray:
+        """Predicted latency in ms, shape ``(n,)``; applies the correction when validation kept it."""
+        total = self.predict_sum(pop)
+        use = self.correction.get("used", False) if corrected is None else corrected
+        if use and self.correction:
+            total = apply_correction(self.correction, total, entry_counts(self.space, pop, self.granularity))
+        return total
+
+    # ------------------------------------------------------------------ writing
+    def save(self, csv_path: Optional[str | os.PathLike] = None) -> Path:
+        csv_path = Path(csv_path or self.path)
+        write_csv(csv_path, self.rows)
+        write_json(meta_path(csv_path), self.meta)
+        self.path = csv_path
+        return csv_path
+
+
+def apply_correction(corr: dict[str, Any], total: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    a, b, c = corr["coef"]
+    return a * total + b * counts + c
+
+
+def fit_correction(table_sum: np.ndarray, counts: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
+    """Least squares ``measured ~ a * sum + b * n_entries + c``: a scale plus a per-entry overhead."""
+    X = np.stack([table_sum, counts, np.ones_like(table_sum)], axis=1)
+    coef, *_ = np.linalg.lstsq(X, measured, rcond=None)
+    return {"kind": "linear(sum, n_entries)", "coef": [float(x) for x in coef]}
+
+
+def available_devices(space_name: str, roots) -> list[str]:
+    out = set()
+    for root in roots:
+        d = Path(root) / space_name
+        if d.is_dir():
+            out |= {p.stem for p in d.glob("*.csv") if meta_path(p).exists() and "." not in p.stem}
+    return sorted(out)
