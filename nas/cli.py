@@ -31,7 +31,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from .latency import profile as P
 
     if a.import_results:
-        table = P.import_results(a.import_results, a.out_root)
+        table = P.import_results(a.import_results, a.out_root, _space(a.space) if a.space else None)
         print(P.describe(table))
         return 0
     if not a.space or not a.device:

@@ -148,7 +148,7 @@ def network_items(space: SearchSpace, pop: np.ndarray, batch: int, prefix: str =
 
 # ---------------------------------------------------------------------- profile
 def profile(space: SearchSpace, device: str, backend: Optional[str] = None, threads: Optional[int] = None,
-            batch: int = 1, granularity: str = "layer", out_root: str | Path = "latency_tables",
+            batch: int = 1, granularity: str = "stage", out_root: str | Path = "latency_tables",
             protocol: Protocol = Protocol(), validate: int = 0, fit_networks: int = 30, force: bool = False,
             quiet: bool = False) -> LatencyTable:
     """Measure (or finish measuring) the table of ``device`` for ``space``; optionally validate it."""
@@ -279,7 +279,7 @@ def record_validation(table: LatencyTable, pop: np.ndarray, records: dict[str, d
 
 # ---------------------------------------------------------------------- remote bundles
 def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: int = 1, batch: int = 1,
-                  granularity: str = "layer", protocol: Protocol = Protocol(), validate: int = 0,
+                  granularity: str = "stage", protocol: Protocol = Protocol(), validate: int = 0,
                   fit_networks: int = 30, quiet: bool = False) -> Path:
     """Write ONNX files, a manifest and a standalone runner (Python + numpy + onnxruntime) to ``bundle``."""
     from ..export import onnx_bytes

@@ -1,6 +1,6 @@
 """Profile a space on this machine into latency_tables/, validate it, and record the figures.
 
-    python benchmarks/profile.py --space mobilenetv3_cifar --device cpu-ort-1t --validate 80
+    python benchmarks/latency_profile.py --space mobilenetv3_cifar --device cpu-ort-1t --validate 80
 
 Writes benchmarks/results/profile_<space>_<device>.json with wall_time_s, entries and validation.
 """

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from nas.cli import main
+
+from conftest import ROOT
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["profile", "--space", "mobilenetv3_cifar", "--device", "gpu"], "--device"),
+    (["profile", "--space", "no_such_space", "--device", "cpu-ort-1t"], "no such search space"),
+    (["profile", "--space", "mobilenetv3_cifar", "--device", "cpu-ort-1t", "--threads", "4"], "contradicts"),
+    (["profile", "--import-results", "/nonexistent/bundle"], "manifest.json"),
+    (["export", "d9k9e9w1-x", "--space", "mobilenetv3_cifar"], "expected 5 stage tokens"),
+])
+def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in _error_line(capsys)
+
+
+def test_bad_space_file_through_console_script(tmp_path):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("name: x\nstages: [\n")
+    out = subprocess.run([sys.executable, "-m", "nas.cli", "space", str(bad)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and "space.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_space_command_prints_summary(capsys):
+    assert main(["space", "mobilenetv3_cifar", "--sample", "2", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("macs=" in line for line in lines)
+
+
+def test_export_command_writes_all_files(tmp_path, capsys):
+    from nas.space import SearchSpace
+    import numpy as np
+
+    space = SearchSpace.load("mobilenetv3_cifar")
+    arch = space.decode(space.sample(np.random.default_rng(0), 1)[0])
+    assert main(["export", arch.id, "--out", str(tmp_path / "net")]) == 0
+    for name in ("arch.json", "model.safetensors", "model.onnx"):
+        assert (tmp_path / "net" / name).exists()

@@ -1,0 +1,184 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nas.errors import UserError
+from nas.latency import LatencyTable
+from nas.latency import engine
+from nas.latency.entries import Entry, enumerate_entries, stage_entries, stem_entry
+from nas.latency.profile import Protocol, export_bundle, import_results, profile
+from nas.space import SearchSpace
+
+from conftest import ROOT, TINY_SPACE
+
+FAST = Protocol(rounds=2, chunk=8, target_s=0.0003)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory, tiny_space):
+    root = tmp_path_factory.mktemp("tables")
+    return profile(tiny_space, "cpu-ort-1t", out_root=root, protocol=FAST, quiet=True)
+
+
+def _loop_latency(table: LatencyTable, space: SearchSpace, arch) -> float:
+    """Plain Python: look up every entry of one architecture and add them up."""
+    from nas.blocks import stage_choice_option
+    from nas.latency.entries import head_entries
+
+    ms = {Entry.from_row(r).key: r["median_ms"] for r in table.rows.to_dict("records")}
+    total = ms[stem_entry(space).key]
+    for s in range(len(arch.stages)):
+        for e, k in stage_entries(stage_choice_option(arch, s), table.granularity):
+            total += k * ms[e.key]
+    head = [e for e in head_entries(space) if e.cin == arch.stages[-1].channels][0]
+    return total + ms[head.key]
+
+
+def test_table_has_every_entry_and_sane_values(tiny_table, tiny_space):
+    assert len(tiny_table.rows) == len(enumerate_entries(tiny_space, "stage"))
+    assert (tiny_table.rows["median_ms"] > 0).all()
+    assert (tiny_table.rows["p10_ms"] <= tiny_table.rows["median_ms"]).all()
+    assert (tiny_table.rows["median_ms"] <= tiny_table.rows["p90_ms"]).all()
+    meta = json.loads(tiny_table.path.with_suffix(".json").read_text())
+    for key in ("fingerprint", "date", "wall_time_s", "reference"):
+        assert key in meta
+    for key in ("device", "cpu_model", "backend", "backend_version", "execution_provider", "threads", "batch"):
+        assert key in meta["fingerprint"]
+
+
+def test_vectorised_lookup_equals_loop(tiny_table, tiny_space):
+    pop = tiny_space.sample(np.random.default_rng(0), 64)
+    fast = tiny_table.predict_sum(pop)
+    slow = [_loop_latency(tiny_table, tiny_space, a) for a in tiny_space.decode_many(pop)]
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
+
+
+def test_shipped_table_lookup_equals_loop(cifar_space):
+    table = LatencyTable.find(cifar_space, "cpu-ort-1t")
+    pop = cifar_space.sample(np.random.default_rng(1), 32)
+    np.testing.assert_allclose(table.predict_sum(pop),
+                               [_loop_latency(table, cifar_space, a) for a in cifar_space.decode_many(pop)])
+
+
+def test_layer_granularity_adds_first_and_repeats(tiny_space, tmp_path):
+    table = profile(tiny_space, "cpu-ort-1t", granularity="layer", out_root=tmp_path, protocol=FAST, quiet=True)
+    pop = tiny_space.sample(np.random.default_rng(2), 16)
+    np.testing.assert_allclose(table.predict_sum(pop),
+                               [_loop_latency(table, tiny_space, a) for a in tiny_space.decode_many(pop)])
+
+
+def _run_profile_subprocess(root, chunk):
+    code = (
+        "import sys; sys.path.insert(0, %r); from conftest import TINY_SPACE\n"
+        "from nas.space import SearchSpace; from nas.latency.profile import profile, Protocol\n"
+        "profile(SearchSpace.from_dict(TINY_SPACE, 'tiny.yaml'), 'cpu-ort-1t', out_root=%r,\n"
+        "        protocol=Protocol(rounds=2, chunk=%d, target_s=0.0003), quiet=True)\n"
+    ) % (str(ROOT / "tests"), str(root), chunk)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+
+
+def test_killed_profile_resumes_without_losing_measurements(tiny_space, tmp_path):
+    proc = _run_profile_subprocess(tmp_path, chunk=4)
+    partial = tmp_path / "tiny" / "cpu-ort-1t.partial.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial.exists() or len(partial.read_text().splitlines()) < 8):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r["key"]: r for r in engine.load_jsonl(str(partial))}
+    assert 8 <= len(before) < len(enumerate_entries(tiny_space, "stage"))
+    table = profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=Protocol(rounds=2, chunk=4, target_s=0.0003),
+                    quiet=True)
+    assert not partial.exists()
+    ref_ms = table.meta["reference"]["median_ms"]
+    rows = {Entry.from_row(r).key: r for r in table.rows.to_dict("records")}
+    for key, rec in before.items():  # measured before the kill, kept as measured
+        assert rows[key]["median_ms"] == pytest.approx(engine.summarise(rec, ref_ms)["median_ms"])
+    assert len(rows) == len(enumerate_entries(tiny_space, "stage"))
+
+
+def test_resume_with_other_fingerprint_is_refused(tiny_space, tmp_path):
+    partial = tmp_path / "tiny" / "cpu-ort-1t.partial.json"
+    partial.parent.mkdir(parents=True)
+    fp = engine.fingerprint("cpu-ort-1t", "onnxruntime", "0.0.1", "CPUExecutionProvider", 1, 1)
+    partial.write_text(json.dumps({"fingerprint": fp, "protocol": {}}))
+    with pytest.raises(UserError, match="another environment"):
+        profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+
+
+def test_table_for_other_space_or_missing_entries(tiny_table, cifar_space, tiny_space, tmp_path):
+    with pytest.raises(UserError, match="made for space 'tiny'"):
+        LatencyTable.load(tiny_table.path, cifar_space)
+    broken = tmp_path / "tiny" / "cpu-ort-1t.csv"
+    broken.parent.mkdir(parents=True)
+    tiny_table.rows.iloc[:-3].to_csv(broken, index=False)
+    broken.with_suffix(".json").write_text(tiny_table.path.with_suffix(".json").read_text())
+    with pytest.raises(UserError, match="3 entries the space needs are missing"):
+        LatencyTable.load(broken, tiny_space)
+
+
+def test_malformed_table_csv(tmp_path, tiny_space):
+    bad = tmp_path / "x.csv"
+    bad.write_text("kind,stage\nstem,\"unclosed\n")
+    with pytest.raises(UserError, match="x.csv"):
+        LatencyTable.load(bad, tiny_space)
+    bad.write_text("kind,stage\nstem,1\n")
+    with pytest.raises(UserError, match="lacks column"):
+        LatencyTable.load(bad, tiny_space)
+
+
+def test_unknown_device_names_known_ones(cifar_space):
+    with pytest.raises(UserError) as e:
+        LatencyTable.find(cifar_space, "phone-ort-4t")
+    assert "cpu-ort-1t" in str(e.value) and "nas profile" in str(e.value)
+
+
+def test_bundle_round_trip_with_standalone_runner(tiny_space, tmp_path):
+    bundle = export_bundle(tiny_space, "board-ort-1t", tmp_path / "bundle", protocol=FAST, validate=12,
+                           fit_networks=4, quiet=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert len(manifest["entries"]) == len(enumerate_entries(tiny_space, "stage")) + 2 * 12
+    # the runner needs only numpy + onnxruntime: run it in isolated mode, outside the repo
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-I", str(bundle / "run_bundle.py"), str(bundle), "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    with pytest.raises(UserError, match="no such search space"):
+        import_results(bundle, tmp_path / "tables")  # tiny is not a shipped space: must be given
+    table = import_results(bundle, tmp_path / "tables", space=tiny_space)
+    assert table.device == "board-ort-1t" and len(table.rows) == len(enumerate_entries(tiny_space, "stage"))
+    assert table.meta["validation"]["networks"] == 8
+    assert (tmp_path / "tables" / "tiny" / "board-ort-1t.validation.csv").exists()
+
+
+def test_incomplete_bundle_is_refused(tiny_space, tmp_path):
+    bundle = export_bundle(tiny_space, "board-ort-1t", tmp_path / "b", protocol=FAST, quiet=True)
+    with pytest.raises(UserError, match="run run_bundle.py"):
+        import_results(bundle, tmp_path / "tables", space=tiny_space)
+
+
+def test_validation_reports_noise_floor_and_correction(tiny_space, tmp_path):
+    from nas.latency.profile import Timer, validate_table
+    from nas.latency.backends import make_backend
+
+    table = profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    rep = validate_table(table, Timer(tiny_space, make_backend("onnxruntime", 1), 1, FAST), 14, fit_networks=6,
+                         quiet=True)
+    for k in ("networks", "mape", "share_within_10pct", "kendall_tau", "noise_floor", "plain_sum", "corrected"):
+        assert k in rep
+    assert rep["networks"] == 8 and 0 <= rep["noise_floor"] <= 1
+    frame = pd.read_csv(tmp_path / "tiny" / "cpu-ort-1t.validation.csv")
+    assert (frame["split"] == "heldout").sum() == 8 and (frame["measured_ms"] > 0).all()
+    assert LatencyTable.load(table.path, tiny_space).correction["kind"].startswith("linear")
+
+
+def test_torch_backend_runs(tiny_space, tmp_path):
+    table = profile(tiny_space, "cpu-torch-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    assert table.fingerprint["backend"] == "torch" and (table.rows["median_ms"] > 0).all()
