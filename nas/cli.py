@@ -52,6 +52,30 @@ def cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- search
+@command("search")
+def cmd_search(a: argparse.Namespace) -> int:
+    from .report import evaluated_frame, pareto_frame, print_summary, write_outputs
+    from .search.run import SearchConfig, default_out, default_objectives, run_search
+
+    objectives = a.objectives.split(",") if a.objectives else default_objectives(a.space, a.table, a.predictor)
+    cfg = SearchConfig(space=a.space, table=a.table, decisions=a.decisions.split(",") if a.decisions else None,
+                       objectives=objectives, constraints=a.constraint or [], controller=a.controller,
+                       sampler=a.sampler, evaluations=a.evaluations, population=a.population, islands=a.islands,
+                       targets=[float(t) for t in a.targets.split(",")] if a.targets else None, seed=a.seed,
+                       tables_dir=a.tables_dir, predictor=a.predictor, storage=a.storage)
+    out = Path(a.out) if a.out else default_out(cfg)
+    res = run_search(cfg, out=out, workers=a.workers, ray_address=a.ray_address, quiet=a.quiet)
+    run = write_outputs(res, out, measure=a.measure, quiet=a.quiet)
+    if not a.quiet:
+        import pandas as pd
+
+        print_summary(res, pd.read_csv(out / "pareto.csv"), run)
+    print(f"{run['front_size']} architectures on the front, {run['evaluated']} evaluated; results in {out}/ "
+          f"(pareto.csv, evaluated.csv, pareto.png, run.json)")
+    return 0
+
+
 # ---------------------------------------------------------------------- space
 @command("space")
 def cmd_space(a: argparse.Namespace) -> int:
@@ -78,6 +102,11 @@ def cmd_space(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import save_network
 
+    if a.run:
+        from .io import read_json
+
+        run = read_json(Path(a.run) / "run.json", "run file")
+        a.space = run["config"]["space"]
     space = _space(a.space)
     arch = space.parse_id(a.arch_id)
     from .blocks import build_model
@@ -128,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--import-results", metavar="DIR", help="turn a measured bundle into a table")
     common(sp)
 
+    sp = sub.add_parser("search", help="search for the Pareto front (default: cifar space, shipped table+predictor)")
+    sp.add_argument("--space", default="mobilenetv3_cifar", help="search space name or YAML path")
+    sp.add_argument("--table", help="tabular space: a CSV of decision and objective columns")
+    sp.add_argument("--decisions", help="tabular space: comma-separated decision columns")
+    sp.add_argument("--objectives", help="comma-separated, e.g. accuracy,latency@cpu-ort-1t,latency@cpu-ort-2t "
+                    "(tabular: acc:max,lat_ms:min)")
+    sp.add_argument("--constraint", action="append", help='e.g. "latency@cpu-ort-1t<=0.15" (repeatable)')
+    sp.add_argument("--controller", default="evolution", choices=["evolution", "rl", "optuna", "random"])
+    sp.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="Optuna sampler")
+    sp.add_argument("--evaluations", type=int, default=3000, help="distinct architectures to evaluate")
+    sp.add_argument("--population", type=int, default=48, help="architectures per generation and island")
+    sp.add_argument("--islands", type=int, default=None, help="independent controllers (rl: one per target)")
+    sp.add_argument("--targets", help="rl: comma-separated latency targets (one controller each)")
+    sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process, no Ray)")
+    sp.add_argument("--ray-address", help="join an existing Ray cluster")
+    sp.add_argument("--tables-dir", help="folder with <space>/<device>.csv tables (default: ./latency_tables, shipped)")
+    sp.add_argument("--predictor", help="accuracy predictor JSON (default: predictors/<space>/cifar10.json)")
+    sp.add_argument("--storage", help="optuna: storage URL (default: SQLite in the run folder)")
+    sp.add_argument("--out", help="run folder (default: runs/<space>-<controller>-<config hash>)")
+    sp.add_argument("--measure", action="store_true", help="re-measure the front end to end on this device")
+    common(sp)
+
     sp = sub.add_parser("space", help="describe a search space or sample from it")
     sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")
     sp.add_argument("--sample", type=int, default=0, metavar="N", help="print N random architectures")
@@ -136,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="write a network as safetensors + arch JSON + ONNX")
     sp.add_argument("arch_id")
     sp.add_argument("--space", default="mobilenetv3_cifar")
+    sp.add_argument("--run", help="run folder: take the space from its run.json")
     sp.add_argument("--weights", help="state_dict to load (safetensors or torch file; loaded weights_only)")
     sp.add_argument("--out", default="exported")
     common(sp)

@@ -317,20 +317,17 @@ class SearchSpace:
     # ------------------------------------------------------------------ variation
     def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float) -> np.ndarray:
         """Each decision changes with probability ``p`` to a different choice (uniformly)."""
-        pop = self.check_pop(pop).copy()
-        flip = (rng.random(pop.shape) < p) & (self.n_choices > 1)
-        shift = 1 + np.floor(rng.random(pop.shape) * (self.n_choices - 1)).astype(np.int64)
-        pop[flip] = ((pop + shift) % self.n_choices)[flip]
-        return pop
+        return uniform_mutation(rng, self.check_pop(pop), self.n_choices, p)
 
     def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Uniform crossover by stage: each child takes every stage (all six decisions) from ``a`` or ``b``."""
-        a, b = self.check_pop(a), self.check_pop(b)
-        take_a = rng.random((a.shape[0], len(self.stages) + int(self.searches_strides))) < 0.5
-        mask = np.repeat(take_a[:, : len(self.stages)], 6, axis=1)
-        if self.searches_strides:
-            mask = np.concatenate([mask, take_a[:, -1:]], axis=1)
-        return np.where(mask, a, b)
+        return uniform_crossover(rng, self.check_pop(a), self.check_pop(b), self.gene_groups)
+
+    @functools.cached_property
+    def gene_groups(self) -> np.ndarray:
+        """Group id per column: the six decisions of a stage form one group; ``strides`` its own."""
+        groups = np.repeat(np.arange(len(self.stages)), 6)
+        return np.concatenate([groups, [len(self.stages)]]) if self.searches_strides else groups
 
     # ------------------------------------------------------------------ stage grid
     def _build_index(self) -> None:
@@ -430,6 +427,21 @@ class SearchSpace:
 
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def uniform_mutation(rng: np.random.Generator, pop: np.ndarray, n_choices: np.ndarray, p: float) -> np.ndarray:
+    """Each gene moves with probability ``p`` to another of its choices, uniformly."""
+    pop = pop.copy()
+    flip = (rng.random(pop.shape) < p) & (n_choices > 1)
+    shift = 1 + np.floor(rng.random(pop.shape) * (n_choices - 1)).astype(np.int64)
+    pop[flip] = ((pop + shift) % n_choices)[flip]
+    return pop
+
+
+def uniform_crossover(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each group of genes (e.g. a stage's decisions) comes from ``a`` or ``b`` with equal probability."""
+    take_a = rng.random((a.shape[0], int(groups.max()) + 1)) < 0.5
+    return np.where(take_a[:, groups], a, b)
 
 
 def _conv_out(h: int, stride: int) -> int:

@@ -1,0 +1,35 @@
+"""Ray set-up shared by search, distillation and sampling: a local Ray, or an existing cluster."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, Optional
+
+from .errors import UserError
+
+
+@contextlib.contextmanager
+def ray_session(workers: int, address: Optional[str] = None) -> Iterator[None]:
+    """Start a local Ray with ``workers`` CPUs (no dashboard), or join ``address``; shut down what we started."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=max(1, workers), **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"--ray-address {address}" if address else "--workers"
+            raise UserError(where, f"cannot start or reach Ray: {str(e).splitlines()[0]}",
+                            "check the address, or use --workers 0 to run in-process") from None
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

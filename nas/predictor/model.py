@@ -1,0 +1,127 @@
+"""The accuracy predictor: per-stage block-quality features (distillation NSR) -> accuracy.
+
+Features of an architecture are looked up per stage from the block-quality table (one value per stage
+option), optionally with a few global extras; a ridge model (DONNA) or a small MLP maps them to top-1
+accuracy. Everything is stored in one JSON file; ``predict`` is numpy over integer populations.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import read_json, write_json
+from ..space import SearchSpace
+
+FORMAT = "hwnas-predictor"
+VERSION = 1
+EXTRA_FEATURES = ("log_macs", "log_params")
+
+
+class Predictor:
+    def __init__(self, meta: dict[str, Any], path: Optional[Path] = None):
+        self.meta, self.path = meta, path
+        self._space: Optional[SearchSpace] = None
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def load(cls, path: str | os.PathLike, space: Optional[SearchSpace] = None) -> "Predictor":
+        path = Path(path)
+        meta = read_json(path, "predictor")
+        where = str(path)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserError(where, "not an hwnas predictor file", "use a JSON written by nas predictor fit")
+        if meta.get("version") != VERSION:
+            raise UserError(where, f"predictor format version {meta.get('version')} is not {VERSION}",
+                            "refit the predictor with this toolkit")
+        for key in ("space", "features", "stage_nsr", "model", "dataset"):
+            if key not in meta:
+                raise UserError(where, f"predictor lacks {key!r}", "refit the predictor with nas predictor fit")
+        kind = meta["model"].get("kind")
+        if kind not in ("ridge", "mlp"):
+            raise UserError(where, f"unknown model kind {kind!r}", "refit the predictor")
+        pred = cls(meta, path)
+        if space is not None:
+            pred.bind(space)
+        return pred
+
+    def save(self, path: str | os.PathLike) -> Path:
+        write_json(path, self.meta)
+        self.path = Path(path)
+        return self.path
+
+    @property
+    def version(self) -> str:
+        """Content hash: identifies exactly which predictor scored a run."""
+        blob = json.dumps(self.meta, sort_keys=True).encode()
+        return f"v{VERSION}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    @property
+    def space_name(self) -> str:
+        return self.meta["space"]
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, space: SearchSpace) -> "Predictor":
+        where = str(self.path or "predictor")
+        if self.meta["space"] != space.name:
+            raise UserError(where, f"predictor was made for space {self.meta['space']!r}, not {space.name!r}",
+                            f"use predictors/{space.name}/ or fit one for this space")
+        sig = self.meta.get("space_signature")
+        if sig and sig != space.signature():
+            raise UserError(where, f"space {space.name!r} changed since this predictor was fitted",
+                            "refit the predictor")
+        nsr = self.meta["stage_nsr"]
+        if len(nsr) != len(space.stages) or any(len(v) != st.n_options for v, st in zip(nsr, space.stages)):
+            raise UserError(where, "block-quality table does not match the space's stage options",
+                            "refit the predictor for this space")
+        self._nsr = [np.asarray(v, dtype=np.float64) for v in nsr]
+        self._space = space
+        return self
+
+    @property
+    def space(self) -> SearchSpace:
+        if self._space is None:
+            self.bind(SearchSpace.load(self.space_name))
+        return self._space
+
+    # ------------------------------------------------------------------ prediction
+    def features(self, pop: np.ndarray) -> np.ndarray:
+        return compute_features(self.space, self._nsr, self.meta["features"], pop)
+
+    def predict(self, pop: np.ndarray) -> np.ndarray:
+        """Predicted top-1 accuracy (0..1) per architecture, shape ``(n,)``."""
+        return predict_from_features(self.meta["model"], self.features(pop))
+
+
+def compute_features(space: SearchSpace, nsr: list[np.ndarray], names: list[str], pop: np.ndarray) -> np.ndarray:
+    """Feature matrix: one NSR column per stage (``nsr_<stage>``), then the requested extras."""
+    from .. import cost
+
+    _, opt, _ = space.grid_index(pop)
+    cols = {f"nsr_{st.name}": nsr[s][opt[:, s]] for s, st in enumerate(space.stages)}
+    if "log_macs" in names:
+        cols["log_macs"] = np.log(cost.macs(space, pop))
+    if "log_params" in names:
+        cols["log_params"] = np.log(cost.params(space, pop))
+    missing = [n for n in names if n not in cols]
+    if missing:
+        raise UserError("predictor", f"unknown feature(s) {missing}", "refit the predictor")
+    return np.stack([cols[n] for n in names], axis=1)
+
+
+def predict_from_features(model: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    Z = (X - np.asarray(model["x_mean"])) / np.asarray(model["x_std"])
+    if model["kind"] == "ridge":
+        return Z @ np.asarray(model["coef"]) + model["intercept"]
+    h = Z
+    layers = model["layers"]
+    for i, layer in enumerate(layers):
+        h = h @ np.asarray(layer["w"]) + np.asarray(layer["b"])
+        if i + 1 < len(layers):
+            h = np.maximum(h, 0.0)
+    return h[:, 0] * model.get("y_std", 1.0) + model.get("y_mean", 0.0)
