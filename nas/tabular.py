@@ -128,3 +128,22 @@ class TabularEvaluator:
 
 def _sort_key(v: Any):
     return (0, v) if isinstance(v, (int, float, np.integer, np.floating)) else (1, str(v))
+
+
+def subspace_population(space, keep: dict[str, int]) -> np.ndarray:
+    """Every architecture of ``space`` whose decisions use only their first ``keep[suffix]`` choices.
+
+    ``keep`` maps a decision suffix (``kernel``, ``expansion``...) to how many choices stay; decisions not
+    named keep one choice. Gives exhaustive, known-front tabular benchmarks built from a real space.
+    """
+    import itertools
+
+    ranges = [range(min(keep.get(d.name.split(".")[-1], 1), len(d.choices))) for d in space.decisions]
+    return np.array(list(itertools.product(*ranges)), dtype=np.int64)
+
+
+def table_from_space(space, evaluator, pop: np.ndarray) -> pd.DataFrame:
+    """A tabular benchmark: decision columns (choice values) plus every metric the evaluator gives."""
+    values = evaluator.evaluate(pop)
+    cols = {d.name: [str(d.choices[v]) for v in pop[:, j]] for j, d in enumerate(space.decisions)}
+    return pd.DataFrame({**cols, **{m: values[m] for m in evaluator.metric_names}})
