@@ -76,6 +76,82 @@ def cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- predictor pipeline
+def _train_cfg(a: argparse.Namespace, prefix: str, **defaults):
+    from .train import TrainConfig
+
+    kw = {k: getattr(a, f"{prefix}_{k}") for k in ("epochs", "lr") if getattr(a, f"{prefix}_{k}", None) is not None}
+    return TrainConfig(**{**defaults, **kw, "seed": a.seed})
+
+
+@command("teacher")
+def cmd_teacher(a: argparse.Namespace) -> int:
+    from .predictor.teacher import train_teacher
+
+    rep = train_teacher(_space(a.space), a.data, a.out, a.arch, _train_cfg(a, "teacher", epochs=15), a.checkpoint,
+                        a.subset, quiet=a.quiet)
+    print(f"teacher {rep['arch_id']}: val top-1 {rep['val_top1']:.4f}, test top-1 {rep['test_top1']:.4f} "
+          f"-> {a.out}/teacher/")
+    return 0
+
+
+@command("distill")
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .predictor.distill import DistillConfig, run_distillation
+
+    cfg = DistillConfig(steps=a.steps, seed=a.seed)
+    frame = run_distillation(_space(a.space), Path(a.out) / "teacher", a.data, Path(a.out) / "blocks", cfg,
+                             a.workers, a.ray_address, a.subset, a.quiet)
+    print(f"block-quality table: {len(frame)} options -> {a.out}/blocks/block_quality.csv")
+    return 0
+
+
+@command("predictor")
+def cmd_predictor(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .predictor.distill import load_block_quality
+    from .predictor.fit import fit_predictor
+    from .predictor.sample import run_samples, stratified_sample
+
+    space, out = _space(a.space), Path(a.out)
+    pop = stratified_sample(space, a.samples, a.seed)
+    if a.action == "sample":
+        recs = run_samples(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl",
+                           _train_cfg(a, "finetune", epochs=1.0, lr=0.02, warmup_epochs=0.1), a.workers,
+                           a.ray_address, a.subset, a.quiet)
+        print(f"{len(recs)} fine-tuned samples in {out}/samples.jsonl")
+        return 0
+    from .latency.engine import load_jsonl
+
+    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))}
+    ids = [x.id for x in space.decode_many(pop)]
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(out / "samples.jsonl", f"{len(missing)} of {len(ids)} samples are missing",
+                        "run nas predictor sample with the same --samples and --seed first")
+    nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
+    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), {"dataset": a.dataset}, a.seed)
+    path = pred.save(a.predictor_out or out / "predictor.json")
+    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
+          f" -> {path}")
+    return 0
+
+
+@command("pipeline")
+def cmd_pipeline(a: argparse.Namespace) -> int:
+    from .predictor.distill import DistillConfig
+    from .predictor.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(teacher=_train_cfg(a, "teacher", epochs=15), distill=DistillConfig(steps=a.steps, seed=a.seed),
+                         finetune=_train_cfg(a, "finetune", epochs=1.0, lr=0.02, warmup_epochs=0.1),
+                         samples=a.samples, seed=a.seed, subset=a.subset, dataset=a.dataset)
+    pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet)
+    print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
+          f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
+    return 0
+
+
 # ---------------------------------------------------------------------- space
 @command("space")
 def cmd_space(a: argparse.Namespace) -> int:
@@ -178,6 +254,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run folder (default: runs/<space>-<controller>-<config hash>)")
     sp.add_argument("--measure", action="store_true", help="re-measure the front end to end on this device")
     common(sp)
+
+    def data_args(sp: argparse.ArgumentParser, *, samples: bool = False) -> None:
+        sp.add_argument("--space", default="mobilenetv3_cifar")
+        sp.add_argument("--data", default="../shared/data/cifar10.npz",
+                        help="cifar10.npz, a CIFAR-10 folder, Fashion-MNIST IDX folder or an ImageFolder tree")
+        sp.add_argument("--out", default="runs/predictor", help="pipeline folder (teacher/, blocks/, samples.jsonl)")
+        sp.add_argument("--subset", type=int, default=None, help="use only N training images (quick runs)")
+        sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
+        sp.add_argument("--ray-address", help="join an existing Ray cluster")
+        sp.add_argument("--dataset", default="cifar10", help="dataset name recorded in the predictor")
+        if samples:
+            sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
+        common(sp)
+
+    sp = sub.add_parser("teacher", help="train the reference network, or load a user checkpoint")
+    data_args(sp)
+    sp.add_argument("--arch", default="largest", help="arch id of the teacher (default: the space's largest)")
+    sp.add_argument("--checkpoint", help="use these weights instead of training (safetensors or state_dict)")
+    sp.add_argument("--teacher-epochs", type=float, default=None)
+    sp.add_argument("--teacher-lr", type=float, default=None)
+
+    sp = sub.add_parser("distill", help="blockwise distillation: train every stage option, write block quality")
+    data_args(sp)
+    sp.add_argument("--steps", type=int, default=800, help="training steps per stage")
+
+    sp = sub.add_parser("predictor", help="fine-tune sampled architectures, or fit the predictor")
+    sp.add_argument("action", choices=["sample", "fit"])
+    data_args(sp, samples=True)
+    sp.add_argument("--finetune-epochs", type=float, default=None)
+    sp.add_argument("--finetune-lr", type=float, default=None)
+    sp.add_argument("--predictor-out", help="where to write the predictor JSON (default: OUT/predictor.json)")
+
+    sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
+    data_args(sp, samples=True)
+    sp.add_argument("--steps", type=int, default=800, help="distillation steps per stage")
+    for prefix in ("teacher", "finetune"):
+        sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
+        sp.add_argument(f"--{prefix}-lr", type=float, default=None)
 
     sp = sub.add_parser("space", help="describe a search space or sample from it")
     sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")

@@ -235,6 +235,17 @@ class SearchSpace:
         """``n`` architectures drawn uniformly, as an int64 matrix of shape ``(n, D)``."""
         return np.floor(rng.random((n, self.D)) * self.n_choices).astype(np.int64)
 
+    def largest(self) -> np.ndarray:
+        """The encoding of the largest network: every numeric choice at its maximum, SE on, last activation."""
+        vec = []
+        for d in self.decisions:
+            kind = d.name.split(".")[-1]
+            if kind == "act" or d.name == "strides":
+                vec.append(len(d.choices) - 1)
+            else:
+                vec.append(int(np.argmax([float(c) for c in d.choices])))
+        return np.array(vec, dtype=np.int64)
+
     def check_pop(self, pop: np.ndarray, where: str = "population") -> np.ndarray:
         pop = np.asarray(pop)
         if pop.ndim == 1:

@@ -1,0 +1,288 @@
+"""Image classification data: the CIFAR-10 NumPy archive, CIFAR-10 folders, Fashion-MNIST IDX files,
+and ImageFolder trees. Train/val split fixed by seed; ``subset`` for quick runs.
+
+Small datasets live in memory as uint8 tensors and are augmented per batch with tensor ops (random
+crop with 4-pixel padding, horizontal flip), which is several times faster on a CPU than per-image PIL
+transforms. ImageFolder trees (ImageNet-style) go through torchvision's loader.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TensorLoader:
+    """Batches of an in-memory uint8 NHWC image tensor, normalised (and augmented when training)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
+                 mean=CIFAR_MEAN, std=CIFAR_STD, pad: int = 4, drop_last: Optional[bool] = None,
+                 device: str | torch.device = "cpu"):
+        self.x, self.y = x, y.long()
+        self.batch_size, self.train, self.pad = batch_size, train, pad
+        self.drop_last = train if drop_last is None else drop_last
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.x) // self.batch_size
+        return n if self.drop_last or len(self.x) % self.batch_size == 0 else n + 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.epoch = int(s["epoch"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.gen) if self.train else torch.arange(n)
+        self.epoch += 1
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            if self.train:
+                xb = self._augment(xb)
+            xb = ((xb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx].to(self.device, non_blocking=True)
+
+    def _augment(self, xb: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = xb.shape
+        p = self.pad
+        padded = F.pad(xb, (p, p, p, p), mode="reflect")
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=self.gen)
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=self.gen)
+        rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(xb.device)
+        cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(xb.device)
+        bi = torch.arange(b, device=xb.device).view(b, 1, 1)
+        out = padded.permute(0, 2, 3, 1)[bi, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2)
+        flip = (torch.rand(b, generator=self.gen) < 0.5).to(xb.device)
+        return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
+@dataclass
+class Splits:
+    """train / val (held out from the training set by seed) / test, plus what they are."""
+
+    train: object
+    val: object
+    test: object
+    num_classes: int
+    input_size: int
+    name: str
+
+    def describe(self) -> str:
+        sizes = [getattr(s, "num_samples", None) or len(s.dataset) for s in (self.train, self.val, self.test)]
+        return f"{self.name}: train {sizes[0]}, val {sizes[1]}, test {sizes[2]} ({self.num_classes} classes)"
+
+
+# ---------------------------------------------------------------------- raw arrays
+def load_npz_archive(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
+    """The shared CIFAR-10 archive: x_train, y_train, x_test, y_test (uint8 NHWC)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    except KeyError as e:
+        raise UserError(path, f"archive lacks array {e}", "expected x_train, y_train, x_test, y_test") from None
+    except (ValueError, OSError) as e:
+        raise UserError(path, f"cannot read archive: {e}", "point --data at cifar10.npz") from None
+    x_train, _, x_test, _ = arrays
+    if x_train.ndim != 4 or x_train.shape[-1] != 3 or x_train.dtype != np.uint8:
+        raise UserError(path, f"x_train has shape {x_train.shape} {x_train.dtype}", "expected (N, H, W, 3) uint8")
+    return arrays
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python batches while refusing every global but numpy's array reconstruction."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_cifar_folder(root: str | os.PathLike) -> tuple[np.ndarray, ...]:
+    """CIFAR-10 as torchvision downloads it: ``cifar-10-batches-py`` (restricted unpickling) or ``-bin``."""
+    root = Path(root)
+    for sub in ("cifar-10-batches-py", "."):
+        d = root / sub
+        if (d / "data_batch_1").exists() and (d / "test_batch").exists():
+            def read(name: str):
+                with open(d / name, "rb") as f:
+                    try:
+                        obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+                    except pickle.UnpicklingError as e:
+                        raise UserError(d / name, f"unsafe or malformed batch file: {e}",
+                                        "use the original CIFAR-10 python batches") from None
+                x = np.asarray(obj["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                return x, np.asarray(obj["labels"], dtype=np.uint8)
+            parts = [read(f"data_batch_{i}") for i in range(1, 6) if (d / f"data_batch_{i}").exists()]
+            xt, yt = read("test_batch")
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt
+    for sub in ("cifar-10-batches-bin", "."):
+        d = root / sub
+        if (d / "data_batch_1.bin").exists() and (d / "test_batch.bin").exists():
+            def read_bin(name: str):
+                raw = np.fromfile(d / name, dtype=np.uint8).reshape(-1, 3073)
+                return raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), raw[:, 0].copy()
+            parts = [read_bin(f"data_batch_{i}.bin") for i in range(1, 6) if (d / f"data_batch_{i}.bin").exists()]
+            xt, yt = read_bin("test_batch.bin")
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt
+    raise UserError(root, "no CIFAR-10 batches found", "expected cifar-10-batches-py/ or cifar-10-batches-bin/")
+
+
+def load_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    def raw(p: Path) -> bytes:
+        data = p.read_bytes()
+        return gzip.decompress(data) if p.suffix == ".gz" else data
+
+    img, lab = raw(images), raw(labels)
+    n, h, w = int.from_bytes(img[4:8], "big"), int.from_bytes(img[8:12], "big"), int.from_bytes(img[12:16], "big")
+    return np.frombuffer(img, np.uint8, offset=16).reshape(n, h, w), np.frombuffer(lab, np.uint8, offset=8)
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_fashion_mnist(root: str | os.PathLike = FASHION_DIR, size: int = 32) -> tuple[np.ndarray, ...]:
+    """Fashion-MNIST IDX files, resized to ``size`` and repeated to 3 channels (uint8 NHWC)."""
+    root = Path(root)
+
+    def find(stem: str) -> Path:
+        for cand in (root / f"{stem}.gz", root / stem):
+            if cand.exists():
+                return cand
+        raise UserError(root, f"{stem} not found", "install Debian's dataset-fashion-mnist or point at the IDX files")
+
+    out = []
+    for split in ("train", "t10k"):
+        x, y = load_idx_pair(find(f"{split}-images-idx3-ubyte"), find(f"{split}-labels-idx1-ubyte"))
+        t = torch.from_numpy(x.copy()).float().unsqueeze(1)
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255)
+        out += [t.to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy(), y.copy()]
+    return tuple(out)
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[val_size:], perm[:val_size]
+
+
+# ---------------------------------------------------------------------- public entry
+def detect_kind(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if p.suffix == ".npz":
+        return "npz"
+    if p.name == "fashion-mnist" or (p / "train-images-idx3-ubyte.gz").exists() or (p / "train-images-idx3-ubyte").exists():
+        return "fashion-mnist"
+    if any((p / s).exists() for s in ("cifar-10-batches-py", "cifar-10-batches-bin", "data_batch_1", "data_batch_1.bin")):
+        return "cifar-folder"
+    if p.is_dir():
+        return "imagefolder"
+    raise UserError(path, "dataset not found", "give cifar10.npz, a CIFAR-10 folder, fashion-mnist IDX folder "
+                    "or an ImageFolder tree")
+
+
+def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: int = 5000, seed: int = 0,
+              subset: Optional[int] = None, eval_batch_size: int = 512, input_size: Optional[int] = None,
+              device: str = "cpu") -> Splits:
+    """Train/val/test loaders for any supported dataset. ``val`` comes out of the training set by ``seed``."""
+    kind = detect_kind(path)
+    if kind == "imagefolder":
+        return _imagefolder(Path(path), batch_size, val_size, seed, subset, eval_batch_size, input_size or 224)
+    if kind == "npz":
+        xtr, ytr, xte, yte = load_npz_archive(path)
+        mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
+    elif kind == "cifar-folder":
+        xtr, ytr, xte, yte = load_cifar_folder(path)
+        mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
+    else:
+        xtr, ytr, xte, yte = load_fashion_mnist(path, input_size or 32)
+        mean, std, name = (0.2860,) * 3, (0.3530,) * 3, "fashion-mnist"
+    if val_size >= len(xtr):
+        raise UserError("--val-size", f"{val_size} leaves no training images (train has {len(xtr)})", "lower it")
+    tr_idx, va_idx = split_train_val(len(xtr), val_size, seed)
+    if subset:
+        tr_idx = tr_idx[:subset]
+        va_idx = va_idx[: max(1, min(len(va_idx), subset // 4))]
+        te_n = max(1, min(len(xte), subset // 4))
+        xte, yte = xte[:te_n], yte[:te_n]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    common = dict(mean=mean, std=std, device=device)
+    return Splits(
+        train=TensorLoader(t(xtr[tr_idx]), t(ytr[tr_idx]), batch_size, True, seed, **common),
+        val=TensorLoader(t(xtr[va_idx]), t(ytr[va_idx]), eval_batch_size, False, **common),
+        test=TensorLoader(t(xte), t(yte), eval_batch_size, False, **common),
+        num_classes=int(max(ytr.max(), yte.max())) + 1, input_size=int(xtr.shape[1]), name=name)
+
+
+def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: Optional[int],
+                 eval_batch_size: int, size: int) -> Splits:
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
+                                  transforms.ToTensor(), norm])
+    train_root = root / "train" if (root / "train").is_dir() else root
+    try:
+        full_train = datasets.ImageFolder(train_root, transform=train_tf)
+        full_eval = datasets.ImageFolder(train_root, transform=eval_tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(root, f"not an ImageFolder tree: {str(e).splitlines()[0]}",
+                        "expected one folder of images per class") from None
+    n = len(full_train)
+    v = min(val_size, max(1, n // 10))
+    tr_idx, va_idx = split_train_val(n, v, seed)
+    if subset:
+        tr_idx = tr_idx[:subset]
+    test_root = root / "val" if (root / "val").is_dir() else None
+    test = datasets.ImageFolder(test_root, transform=eval_tf) if test_root else Subset(full_eval, va_idx)
+    g = torch.Generator().manual_seed(seed)
+    return Splits(
+        train=DataLoader(Subset(full_train, tr_idx.tolist()), batch_size, shuffle=True, drop_last=True,
+                         num_workers=min(4, os.cpu_count() or 1), generator=g),
+        val=DataLoader(Subset(full_eval, va_idx.tolist()), eval_batch_size, num_workers=min(4, os.cpu_count() or 1)),
+        test=DataLoader(test, eval_batch_size, num_workers=min(4, os.cpu_count() or 1)),
+        num_classes=len(full_train.classes), input_size=size, name=root.name)
+
+
+def save_cifar_folder_py(root: Path, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> Path:
+    """Write arrays in torchvision's python layout (used to test the folder loader on real data)."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    chunks = np.array_split(np.arange(len(x)), 5)
+    for i, idx in enumerate(chunks, 1):
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1), "labels": y[idx].tolist()}, f)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": xt.transpose(0, 3, 1, 2).reshape(len(xt), -1), "labels": yt.tolist()}, f)
+    return root

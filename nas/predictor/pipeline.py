@@ -1,0 +1,78 @@
+"""``nas pipeline``: teacher -> block library -> fine-tuned samples -> fitted predictor, in one resumable command.
+
+Every phase writes its results under ``--out`` as it goes and is skipped when they exist, so running
+the same command again after an interruption continues where it stopped. Phase wall times go to
+``pipeline.json``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..io import read_json, write_json
+from ..space import SearchSpace
+from ..train import TrainConfig
+from .distill import DistillConfig, load_block_quality, run_distillation
+from .fit import fit_predictor
+from .model import Predictor
+from .sample import run_samples, stratified_sample
+from .teacher import train_teacher
+
+
+@dataclass
+class PipelineConfig:
+    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.1))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=0.02, warmup_epochs=0.1))
+    samples: int = 40
+    seed: int = 0
+    subset: Optional[int] = None
+    dataset: str = "cifar10"
+
+
+def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig(),
+                 workers: int = 0, ray_address: Optional[str] = None, quiet: bool = False) -> Predictor:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "pipeline.json"
+    log: dict[str, Any] = read_json(log_path, "pipeline log") if log_path.exists() else {"phases": {}}
+    log["config"] = asdict(cfg)
+
+    def phase(name: str, fn):
+        t0 = time.time()
+        result = fn()
+        entry = log["phases"].setdefault(name, {"wall_time_s": 0.0})
+        entry["wall_time_s"] = round(entry["wall_time_s"] + time.time() - t0, 1)
+        write_json(log_path, log)
+        if not quiet:
+            print(f"[{name}] done in {time.time() - t0:.0f}s")
+        return result
+
+    teacher = phase("teacher", lambda: train_teacher(space, data_path, out, cfg=cfg.teacher, subset=cfg.subset,
+                                                      quiet=quiet))
+    log["teacher"] = {k: teacher[k] for k in ("arch_id", "val_top1", "test_top1")}
+    phase("distill", lambda: run_distillation(space, out / "teacher", data_path, out / "blocks", cfg.distill,
+                                              workers, ray_address, cfg.subset, quiet))
+    pop = stratified_sample(space, cfg.samples, cfg.seed)
+    records = phase("samples", lambda: run_samples(space, pop, out / "teacher", out / "blocks", data_path,
+                                                   out / "samples.jsonl", cfg.finetune, workers, ray_address,
+                                                   cfg.subset, quiet))
+    acc = _accuracies(space, pop, records)
+    nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
+    info = {"dataset": cfg.dataset, "teacher": log["teacher"], "finetune": asdict(cfg.finetune),
+            "distill": asdict(cfg.distill), "samples_file": "samples.jsonl"}
+    pred = phase("fit", lambda: fit_predictor(space, nsr, pop, acc, info, cfg.seed))
+    pred.save(out / "predictor.json")
+    log["predictor"] = {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"][pred.meta["chosen"]]}
+    log["total_wall_time_s"] = round(sum(p["wall_time_s"] for p in log["phases"].values()), 1)
+    write_json(log_path, log)
+    return pred
+
+
+def _accuracies(space: SearchSpace, pop: np.ndarray, records: list[dict]) -> np.ndarray:
+    by_id = {r["arch_id"]: r["val_top1"] for r in records}
+    return np.array([by_id[a.id] for a in space.decode_many(pop)])

@@ -1,0 +1,138 @@
+"""``nas predictor sample``: fine-tune architectures built from the distilled blocks; record their accuracy.
+
+Architectures are spread over the space by MACs (one per MACs quantile bin). Each is initialised from
+the block library (teacher stem and head; each stage's option from its supernet, the previous stage's
+adapter folded into the first 1x1 conv), fine-tuned briefly with knowledge distillation from the teacher,
+and scored on the validation split. Results are appended to a JSONL file as soon as each exists.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .. import cost
+from ..blocks import build_model
+from ..latency.engine import append_jsonl, load_jsonl
+from ..progress import progress_bar
+from ..space import Arch, SearchSpace
+from ..train import TrainConfig, evaluate, train_model
+from .distill import load_stage_weights, recalibrate, teacher_features
+from .teacher import load_teacher
+
+
+def stratified_sample(space: SearchSpace, m: int, seed: int, exclude: set[str] = frozenset(),
+                      pool: int = 20000) -> np.ndarray:
+    """``m`` architectures, one from each MACs quantile bin of a random pool (excluding ``exclude`` ids)."""
+    rng = np.random.default_rng(seed)
+    cand = np.unique(space.sample(rng, pool), axis=0)
+    cand = cand[rng.permutation(len(cand))]
+    ids = [a.id for a in space.decode_many(cand)]
+    keep = np.array([i not in exclude for i in ids])
+    cand = cand[keep]
+    macs = cost.macs(space, cand)
+    edges = np.quantile(macs, np.linspace(0, 1, m + 1))
+    out = []
+    for b in range(m):
+        inside = np.flatnonzero((macs >= edges[b]) & (macs <= edges[b + 1]))
+        out.append(cand[rng.choice(inside)])
+    return np.stack(out)
+
+
+@torch.no_grad()
+def build_from_blocks(space: SearchSpace, arch: Arch, teacher_arch: Arch, teacher: torch.nn.Module,
+                      blocks_dir: str | Path, recal_images: list[torch.Tensor]) -> torch.nn.Module:
+    """A network of ``arch`` initialised from the teacher and the distilled block library."""
+    net = build_model(arch)
+    sd = net.state_dict()
+    tsd = teacher.state_dict()
+    for k in sd:
+        if k.startswith(("conv_stem.", "bn1.", "blocks.0.", "conv_head.", "classifier.")):
+            sd[k] = tsd[k].clone()
+    prev_map = None
+    cin = arch.frame.first_channels
+    for s, sc in enumerate(arch.stages):
+        stage_net = load_stage_weights(space, teacher_arch, s, Path(blocks_dir) / f"stage{s}.safetensors")
+        c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
+             "act": sc.act, "width": sc.width}
+        recalibrate(stage_net, c, [teacher_features(teacher, x, s)[0] for x in recal_images])
+        for k, v in stage_net.export_option(c, cin, prev_map).items():
+            sd[f"blocks.{s + 1}.{k}"] = v
+        prev_map, cin = stage_net.adapter_matrix(sc.channels), sc.channels
+    head = f"blocks.{len(arch.stages) + 1}.0."
+    w = tsd[head + "conv.weight"][:, :, 0, 0]
+    sd[head + "conv.weight"] = (w @ prev_map)[:, :, None, None]
+    for k in sd:
+        if k.startswith(head + "bn1."):
+            sd[k] = tsd[k].clone()
+    net.load_state_dict(sd)
+    return net
+
+
+def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: str, data_path: str,
+                  cfg: TrainConfig, subset: Optional[int] = None, threads: Optional[int] = None,
+                  init: str = "blocks") -> dict[str, Any]:
+    """Build one architecture (from the block library, or from scratch), fine-tune it with KD, score it."""
+    from ..data import load_data
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    space = SearchSpace.load(space_path)
+    arch = space.parse_id(arch_id)
+    t_arch, teacher = load_teacher(teacher_dir)
+    data = load_data(data_path, seed=0, subset=subset)
+    data.train.gen.manual_seed(cfg.seed)
+    recal = [x for i, (x, _) in zip(range(2), data.train)]
+    torch.manual_seed(cfg.seed)
+    net = build_from_blocks(space, arch, t_arch, teacher, blocks_dir, recal) if init == "blocks" else build_model(arch)
+    init_top1 = evaluate(net, data.val, max_batches=2)
+    train_model(net, data.train, cfg, teacher=teacher)
+    return {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "init_val_top1_2batches": init_top1,
+            "seed": cfg.seed, "seconds": time.time() - t0, "config": asdict(cfg), "init": init}
+
+
+def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
+                data_path: str | Path, results: str | Path, cfg: TrainConfig, workers: int = 0,
+                ray_address: Optional[str] = None, subset: Optional[int] = None, quiet: bool = False,
+                desc: str = "fine-tune samples") -> list[dict[str, Any]]:
+    """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL); Ray tasks when ``workers > 0``."""
+    results = Path(results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    key = lambda r: (r["arch_id"], r["seed"])  # noqa: E731
+    done = {key(r) for r in load_jsonl(str(results))}
+    ids = [a.id for a in space.decode_many(pop)]
+    todo = [i for i in ids if (i, cfg.seed) not in done]
+    args = (str(space.source),)
+    tail = (str(teacher_dir), str(blocks_dir), str(data_path), cfg, subset)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(desc, total=len(ids), completed=len(ids) - len(todo))
+        if workers > 0 or ray_address:
+            import ray
+
+            from ..parallel import ray_session
+
+            with ray_session(workers, ray_address):
+                remote = ray.remote(num_cpus=1, max_retries=2)(finetune_arch)
+                pending = [remote.remote(*args, i, *tail, 1) for i in todo]
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    append_jsonl(str(results), [ray.get(ready[0])])
+                    bar.advance(task)
+        else:
+            for i in todo:
+                append_jsonl(str(results), [finetune_arch(*args, i, *tail)])
+                bar.advance(task)
+    wanted = set(ids)
+    return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and r["seed"] == cfg.seed]
+
+
+def results_frame(records: list[dict[str, Any]], space: SearchSpace):
+    import pandas as pd
+
+    frame = pd.DataFrame([{k: r[k] for k in ("arch_id", "val_top1", "seed", "seconds")} for r in records])
+    return frame.drop_duplicates(["arch_id", "seed"], keep="last").reset_index(drop=True)

@@ -1,0 +1,62 @@
+"""``nas teacher``: train the reference network (the space's largest, or a named arch), or load a user's."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..blocks import build_model
+from ..errors import UserError
+from ..export import load_network, load_state_dict_file, save_network
+from ..io import read_json, write_json
+from ..space import SearchSpace
+from ..train import TrainConfig, evaluate, train_model
+
+
+def teacher_arch(space: SearchSpace, arch_id: Optional[str] = None):
+    return space.parse_id(arch_id) if arch_id and arch_id != "largest" else space.decode(space.largest())
+
+
+def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path, arch_id: Optional[str] = None,
+                  cfg: TrainConfig = TrainConfig(epochs=15), checkpoint: Optional[str] = None,
+                  subset: Optional[int] = None, batch_size: int = 128, quiet: bool = False) -> dict[str, Any]:
+    """Train (resumably) or load the teacher; saves ``<out>/teacher/`` (arch.json, safetensors, onnx) and a report."""
+    from ..data import load_data
+
+    out = Path(out_dir)
+    report_path = out / "teacher.json"
+    if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
+        return read_json(report_path, "teacher report")
+    arch = teacher_arch(space, arch_id)
+    data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset)
+    if data.num_classes != space.frame.num_classes:
+        raise UserError(str(data_path), f"has {data.num_classes} classes, space {space.name} {space.frame.num_classes}",
+                        "use data that matches the space")
+    torch.manual_seed(cfg.seed)
+    model = build_model(arch)
+    history: dict[str, Any] = {}
+    if checkpoint:
+        try:
+            model.load_state_dict(load_state_dict_file(checkpoint))
+        except RuntimeError as e:
+            raise UserError(checkpoint, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
+                            "pass --arch for the checkpoint's architecture") from None
+    else:
+        history = train_model(model, data.train, cfg, checkpoint=out / "teacher.ckpt", desc="teacher", quiet=quiet)
+    report = {"arch_id": arch.id, "val_top1": evaluate(model, data.val), "test_top1": evaluate(model, data.test),
+              "source": str(checkpoint) if checkpoint else "trained", "data": str(data_path), "subset": subset,
+              "config": asdict(cfg), "train_seconds": history.get("seconds", 0.0), "history": history.get("history")}
+    save_network(arch, model.eval(), out / "teacher")
+    write_json(report_path, report)
+    (out / "teacher.ckpt").unlink(missing_ok=True)
+    return report
+
+
+def load_teacher(net_dir: str | Path):
+    """The teacher network saved in ``net_dir`` (``<pipeline out>/teacher``), frozen, channels_last."""
+    arch, model = load_network(net_dir)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return arch, model.to(memory_format=torch.channels_last).eval()
