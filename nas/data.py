@@ -38,8 +38,7 @@ class TensorLoader:
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.gen = torch.Generator().manual_seed(seed)
-        self.epoch = 0
+        self.seed, self.epoch, self.position = int(seed), 0, 0
 
     def __len__(self) -> int:
         n = len(self.x) // self.batch_size
@@ -49,36 +48,47 @@ class TensorLoader:
     def num_samples(self) -> int:
         return len(self.x)
 
+    def reseed(self, seed: int) -> None:
+        self.seed, self.epoch, self.position = int(seed), 0, 0
+
+    # the order of an epoch and the augmentation of a batch depend only on (seed, epoch, batch), so the
+    # loader's whole state is (epoch, position) and a resumed run sees exactly the batches it would have
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "epoch": self.epoch}
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, s: dict) -> None:
-        self.gen.set_state(s["gen"])
-        self.epoch = int(s["epoch"])
+        self.seed, self.epoch, self.position = int(s["seed"]), int(s["epoch"]), int(s["position"])
+
+    def _gen(self, *parts: int) -> torch.Generator:
+        key = self.seed
+        for p in parts:
+            key = (key * 1_000_003 + p) % (2**63 - 1)
+        return torch.Generator().manual_seed(key)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
-        order = torch.randperm(n, generator=self.gen) if self.train else torch.arange(n)
-        self.epoch += 1
-        for i in range(len(self)):
+        order = torch.randperm(n, generator=self._gen(self.epoch)) if self.train else torch.arange(n)
+        for i in range(self.position, len(self)):
+            self.position = i + 1
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             if self.train:
-                xb = self._augment(xb)
+                xb = self._augment(xb, self._gen(self.epoch, i + 1))
             xb = ((xb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             yield xb, self.y[idx].to(self.device, non_blocking=True)
+        self.epoch, self.position = self.epoch + 1, 0
 
-    def _augment(self, xb: torch.Tensor) -> torch.Tensor:
+    def _augment(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, _, h, w = xb.shape
         p = self.pad
         padded = F.pad(xb, (p, p, p, p), mode="reflect")
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=self.gen)
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=self.gen)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
         rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(xb.device)
         cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(xb.device)
         bi = torch.arange(b, device=xb.device).view(b, 1, 1)
         out = padded.permute(0, 2, 3, 1)[bi, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2)
-        flip = (torch.rand(b, generator=self.gen) < 0.5).to(xb.device)
+        flip = (torch.rand(b, generator=gen) < 0.5).to(xb.device)
         return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
 
 
@@ -209,13 +219,14 @@ def detect_kind(path: str | os.PathLike) -> str:
                     "or an ImageFolder tree")
 
 
-def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: int = 5000, seed: int = 0,
+def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional[int] = None, seed: int = 0,
               subset: Optional[int] = None, eval_batch_size: int = 512, input_size: Optional[int] = None,
               device: str = "cpu") -> Splits:
-    """Train/val/test loaders for any supported dataset. ``val`` comes out of the training set by ``seed``."""
+    """Train/val/test loaders for any supported dataset. ``val`` comes out of the training set by ``seed``
+    (default: 5,000 images, at most a quarter of the training set)."""
     kind = detect_kind(path)
     if kind == "imagefolder":
-        return _imagefolder(Path(path), batch_size, val_size, seed, subset, eval_batch_size, input_size or 224)
+        return _imagefolder(Path(path), batch_size, val_size or 5000, seed, subset, eval_batch_size, input_size or 224)
     if kind == "npz":
         xtr, ytr, xte, yte = load_npz_archive(path)
         mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
@@ -225,6 +236,7 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: int = 50
     else:
         xtr, ytr, xte, yte = load_fashion_mnist(path, input_size or 32)
         mean, std, name = (0.2860,) * 3, (0.3530,) * 3, "fashion-mnist"
+    val_size = min(5000, len(xtr) // 4) if val_size is None else val_size
     if val_size >= len(xtr):
         raise UserError("--val-size", f"{val_size} leaves no training images (train has {len(xtr)})", "lower it")
     tr_idx, va_idx = split_train_val(len(xtr), val_size, seed)

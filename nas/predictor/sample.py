@@ -86,7 +86,7 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     arch = space.parse_id(arch_id)
     t_arch, teacher = load_teacher(teacher_dir)
     data = load_data(data_path, seed=0, subset=subset)
-    data.train.gen.manual_seed(cfg.seed)
+    data.train.reseed(cfg.seed)
     recal = [x for i, (x, _) in zip(range(2), data.train)]
     torch.manual_seed(cfg.seed)
     net = build_from_blocks(space, arch, t_arch, teacher, blocks_dir, recal) if init == "blocks" else build_model(arch)

@@ -1,0 +1,210 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nas.errors import UserError
+from nas.predictor.model import Predictor
+from nas.space import SearchSpace
+
+from conftest import ROOT
+
+MINI = {
+    "name": "mini_cifar", "input_size": 32, "in_chans": 3, "num_classes": 10, "width_divisor": 4,
+    "stem": {"channels": 8, "kernel": 3, "stride": 2, "act": "hswish"},
+    "first_block": {"channels": 8, "kernel": 3, "stride": 1, "act": "relu"},
+    "head": {"channels": 32, "features": 64, "act": "hswish"},
+    "defaults": {"depth": [1, 2], "kernel": [3, 5], "expansion": [2, 3], "width": [0.5, 1.0], "se": [False, True],
+                 "act": ["relu", "hswish"]},
+    "stages": [{"name": "s1", "base_width": 16, "stride": 2}, {"name": "s2", "base_width": 24, "stride": 2}],
+}
+
+
+@pytest.fixture(scope="module")
+def mini_space(tmp_path_factory):
+    import yaml
+
+    path = tmp_path_factory.mktemp("space") / "mini_cifar.yaml"
+    path.write_text(yaml.safe_dump(MINI))
+    return SearchSpace.load(path)
+
+
+@pytest.fixture(scope="module")
+def synthetic_npz(tmp_path_factory):
+    """A learnable 10-class image set in the archive's format: class = colour and position of a blob."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, col = 4 + 2 * (c % 5), 4 + 10 * (c // 5)
+            x[i, r:r + 10, col:col + 10, c % 3] = 230
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(1200), make(300)
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(mini_space, synthetic_npz, tmp_path_factory):
+    from nas.predictor.teacher import train_teacher
+    from nas.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("pipe")
+    rep = train_teacher(mini_space, synthetic_npz, out, cfg=TrainConfig(epochs=3, lr=0.1), batch_size=64, quiet=True)
+    assert rep["val_top1"] > 0.3  # learnable data: well above 10% chance
+    return out
+
+
+def test_distillation_lowers_nsr_and_resumes(mini_space, synthetic_npz, teacher_dir, tmp_path):
+    from nas.predictor.distill import DistillConfig, distill_stage
+
+    short = DistillConfig(steps=3, checkpoint_every=3, score_images=128, batch_size=64)
+    before = distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1, short,
+                           str(tmp_path / "a"))
+    longer = DistillConfig(steps=60, checkpoint_every=20, score_images=128, batch_size=64)
+    after = distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1, longer,
+                          str(tmp_path / "b"))
+    assert np.mean(after["nsr"]) < 0.8 * np.mean(before["nsr"])
+    assert len(after["nsr"]) == mini_space.stages[1].n_options
+
+    # interrupt after the first checkpoint (kill -9), then resume: same result as an uninterrupted run
+    code = ("import sys; from nas.predictor.distill import DistillConfig, distill_stage\n"
+            f"cfg = DistillConfig(steps=60, checkpoint_every=20, score_images=128, batch_size=64)\n"
+            f"distill_stage({str(mini_space.source)!r}, {str(teacher_dir / 'teacher')!r}, {str(synthetic_npz)!r}, 1, "
+            f"cfg, {str(tmp_path / 'c')!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    ckpt = tmp_path / "c" / "stage1.ckpt"
+    import time
+
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert ckpt.exists()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 60
+    resumed = distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1, longer,
+                            str(tmp_path / "c"))
+    np.testing.assert_allclose(resumed["nsr"], after["nsr"], rtol=1e-4, atol=1e-6)
+
+
+def test_network_from_blocks_is_the_chain_of_distilled_stages(mini_space, synthetic_npz, teacher_dir, tmp_path):
+    """With the teacher's widths, folding adapters into the next conv is exact."""
+    from nas.predictor.distill import DistillConfig, load_stage_weights, recalibrate, run_distillation, teacher_features
+    from nas.predictor.sample import build_from_blocks
+    from nas.predictor.teacher import load_teacher
+
+    run_distillation(mini_space, teacher_dir / "teacher", synthetic_npz, tmp_path,
+                     DistillConfig(steps=5, score_images=64, batch_size=64), quiet=True)
+    t_arch, teacher = load_teacher(teacher_dir / "teacher")
+    vec = mini_space.sample(np.random.default_rng(3), 1)[0]
+    vec[3::6] = 1  # every stage at the teacher's (largest) width
+    arch = mini_space.decode(vec)
+    x = torch.randn(4, 3, 32, 32)
+    net = build_from_blocks(mini_space, arch, t_arch, teacher, tmp_path, [x]).eval()
+    with torch.no_grad():
+        h = teacher.blocks[0](teacher.bn1(teacher.conv_stem(x)))
+        for s, sc in enumerate(arch.stages):
+            st = load_stage_weights(mini_space, t_arch, s, tmp_path / f"stage{s}.safetensors")
+            c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels,
+                 "se": sc.se, "act": sc.act}
+            recalibrate(st, c, [teacher_features(teacher, x, s)[0]])
+            h = st(h, c)
+        want = teacher.classifier(teacher.flatten(teacher.act2(teacher.conv_head(teacher.global_pool(
+            teacher.blocks[-1](h))))))
+        torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
+
+
+def _toy_predictor(space, seed=0):
+    from nas.predictor.fit import fit_predictor
+
+    rng = np.random.default_rng(seed)
+    nsr = [rng.random(st.n_options) for st in space.stages]
+    pop = space.sample(rng, 40)
+    from nas.predictor.model import compute_features
+
+    X = compute_features(space, nsr, [f"nsr_{st.name}" for st in space.stages], pop)
+    acc = 0.9 - 0.1 * X.sum(axis=1) + 0.005 * rng.standard_normal(40)
+    return fit_predictor(space, nsr, pop, acc, {"dataset": "toy"}, repeats=1)
+
+
+def test_predictor_json_roundtrip_and_vectorised(mini_space, tmp_path):
+    pred = _toy_predictor(mini_space)
+    assert pred.meta["cv"][pred.meta["chosen"]]["kendall_tau"] > 0.8
+    path = pred.save(tmp_path / "p.json")
+    again = Predictor.load(path, mini_space)
+    pop = mini_space.sample(np.random.default_rng(1), 500)
+    np.testing.assert_array_equal(pred.predict(pop), again.predict(pop))
+    loop = np.array([again.predict(row[None])[0] for row in pop[:50]])
+    np.testing.assert_allclose(again.predict(pop[:50]), loop, rtol=1e-12)
+    assert pred.version == again.version
+
+
+def test_mlp_predictor_roundtrip(mini_space, tmp_path):
+    from nas.predictor.fit import fit_mlp
+    from nas.predictor.model import predict_from_features
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((30, 3)), rng.random(30)
+    model = fit_mlp(X, y)
+    back = json.loads(json.dumps(model))
+    np.testing.assert_allclose(predict_from_features(back, X), predict_from_features(model, X))
+
+
+def test_bad_predictor_files(mini_space, cifar_space, tmp_path):
+    pred = _toy_predictor(mini_space)
+    path = pred.save(tmp_path / "p.json")
+    with pytest.raises(UserError, match="made for space 'mini_cifar'"):
+        Predictor.load(path, cifar_space)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="malformed predictor"):
+        Predictor.load(bad)
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(UserError, match="not an hwnas predictor"):
+        Predictor.load(bad)
+    meta = json.loads(path.read_text())
+    del meta["model"]
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="lacks 'model'"):
+        Predictor.load(bad)
+
+
+def test_predict_speed_is_vectorised(cifar_space):
+    """Not a timing assertion: one call scores a large population without a Python loop per arch."""
+    rng = np.random.default_rng(0)
+    nsr = [rng.random(st.n_options) for st in cifar_space.stages]
+    from nas.predictor.fit import fit_ridge
+    from nas.predictor.model import FORMAT, VERSION
+
+    names = [f"nsr_{st.name}" for st in cifar_space.stages] + ["log_macs"]
+    meta = {"format": FORMAT, "version": VERSION, "space": cifar_space.name, "dataset": "toy", "features": names,
+            "stage_nsr": [v.tolist() for v in nsr], "model": fit_ridge(rng.random((20, 6)), rng.random(20))}
+    pred = Predictor(meta).bind(cifar_space)
+    out = pred.predict(cifar_space.sample(rng, 100_000))
+    assert out.shape == (100_000,) and np.isfinite(out).all()
+
+
+def test_stratified_sample_spreads_over_macs(cifar_space):
+    from nas import cost
+    from nas.predictor.sample import stratified_sample
+
+    pop = stratified_sample(cifar_space, 10, seed=0)
+    assert len(np.unique(pop, axis=0)) == 10
+    ref = cost.macs(cifar_space, cifar_space.sample(np.random.default_rng(99), 50_000))
+    deciles = np.quantile(ref, np.linspace(0, 1, 11)[1:-1])
+
+    def bins_hit(p):
+        return len(np.unique(np.searchsorted(deciles, cost.macs(cifar_space, p))))
+
+    assert bins_hit(pop) >= 9  # one architecture per MACs decile (up to sampling noise of the bin edges)
+    rand_hits = [bins_hit(cifar_space.sample(np.random.default_rng(s), 10)) for s in range(20)]
+    assert bins_hit(pop) > np.mean(rand_hits)
