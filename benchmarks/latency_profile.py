@@ -22,13 +22,15 @@ def main() -> None:
     ap.add_argument("--granularity", default="stage")
     ap.add_argument("--validate", type=int, default=80)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--target-ms", type=float, default=2.0)
+    ap.add_argument("--spread-tol", type=float, default=0.10)
     ap.add_argument("--out-root", default=str(ROOT / "latency_tables"))
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
     space = SearchSpace.load(a.space)
     t0 = time.time()
     table = profile(space, a.device, granularity=a.granularity, out_root=a.out_root,
-                    protocol=Protocol(rounds=a.rounds), validate=a.validate, force=a.force)
+                    protocol=Protocol(rounds=a.rounds, target_s=a.target_ms / 1e3, spread_tol=a.spread_tol), validate=a.validate, force=a.force)
     print(describe(table))
     v = table.meta["validation"] or {}
     write_result(f"profile_{a.space}_{a.device}", {

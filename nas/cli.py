@@ -37,7 +37,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
     if not a.space or not a.device:
         raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
     space = _space(a.space)
-    protocol = P.Protocol(rounds=a.rounds, chunk=a.chunk, seed=a.seed)
+    protocol = P.Protocol(rounds=a.rounds, chunk=a.chunk, seed=a.seed, target_s=a.target_ms / 1e3,
+                          spread_tol=a.spread_tol)
     if a.export_bundle:
         be = P.resolve_device(a.device, a.backend, a.threads)
         if be.name != "onnxruntime":
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time whole stage options, or first+repeated layers (default: stage)")
     sp.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per entry")
     sp.add_argument("--chunk", type=int, default=150, help="entries interleaved together")
+    sp.add_argument("--target-ms", type=float, default=2.0, help="length of one timing (back-to-back runs)")
+    sp.add_argument("--spread-tol", type=float, default=0.10,
+                    help="entries whose ratios spread more (p90/p10-1) get extra rounds")
     sp.add_argument("--validate", type=int, default=0, metavar="N",
                     help="also measure N random whole networks end to end and compare")
     sp.add_argument("--fit-networks", type=int, default=30, help="validation networks used to fit the correction")

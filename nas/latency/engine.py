@@ -42,6 +42,9 @@ def ort_session(model: Any, threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # Busy-waiting pool threads make multi-thread timings erratic on small shared machines (measured on a
+    # 2-vCPU VM: ratios spread 40x with spinning, 5-20% without); one thread has no pool to spin.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads == 1 else "0")
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
@@ -204,7 +207,7 @@ def fingerprint(device: str, backend: str, backend_version: str, provider: str, 
             "cpu_count": os.cpu_count(), "backend": backend, "backend_version": backend_version,
             "execution_provider": provider, "threads": int(threads), "batch": int(batch),
             "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            "engine_version": ENGINE_VERSION}
+            "intra_op_spinning": int(threads) == 1, "engine_version": ENGINE_VERSION}
 
 
 COMPARED_FINGERPRINT_KEYS = ("device", "cpu_model", "machine", "backend", "backend_version",

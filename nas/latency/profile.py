@@ -118,9 +118,9 @@ class Timer:
         p = self.protocol
         with progress_bar(quiet) as bar:
             task = bar.add_task(desc, total=len(items) * p.rounds, completed=(len(items) - len(todo)) * p.rounds)
+            t0 = time.time()  # wall clock between checkpoints: exports, sessions and timing all count
             for start in range(0, len(todo), p.chunk):
                 keys = [it.key for it in todo[start:start + p.chunk]]
-                t0 = time.time()
 
                 def make(key: str) -> engine.Runner:
                     it = by_key[key]
@@ -128,7 +128,9 @@ class Timer:
 
                 ms = engine.measure_chunk(keys, make, self.reference, self.ref_n, p.rounds, rng, p.target_s,
                                           p.spread_tol, on_round=lambda n: bar.advance(task, n))
-                partial.add([m.to_json() for m in ms], time.time() - t0)
+                now = time.time()
+                partial.add([m.to_json() for m in ms], now - t0)
+                t0 = now
 
 
 def _header(space: SearchSpace, fp: dict[str, Any], granularity: str, protocol: Protocol, kind: str) -> dict:

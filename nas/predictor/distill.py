@@ -38,6 +38,7 @@ class DistillConfig:
     score_images: int = 1024
     recal_batches: int = 2
     seed: int = 0
+    fixed_option: Optional[int] = None  # train only this option (no weight sharing), to compare with sharing
 
 
 def nsr(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -108,9 +109,12 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
                     g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
                 x_in, x_out = teacher_features(teacher, x, stage)
                 net.train()
-                picks = [space.option_choices(stage, int(rng.integers(n_opt)))]
-                if cfg.sandwich:
-                    picks.insert(0, big)
+                if cfg.fixed_option is not None:
+                    picks = [space.option_choices(stage, cfg.fixed_option)]
+                else:
+                    picks = [space.option_choices(stage, int(rng.integers(n_opt)))]
+                    if cfg.sandwich:
+                        picks.insert(0, big)
                 loss = sum(nsr(net(x_in, c), x_out) for c in picks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -121,7 +125,8 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
                     _save(ckpt, net, opt, step, seconds + time.time() - t0, rng, data.train)
     train_seconds = seconds + time.time() - t0
     t1 = time.time()
-    scores = score_options(space, net, teacher, data, stage, cfg)
+    options = None if cfg.fixed_option is None else [cfg.fixed_option]
+    scores = score_options(space, net, teacher, data, stage, cfg, options)
     save_stage_weights(net, out / f"stage{stage}.safetensors")
     result = {"stage": stage, "nsr": scores, "train_seconds": train_seconds, "score_seconds": time.time() - t1,
               "steps": cfg.steps, "config": asdict(cfg)}
@@ -168,7 +173,7 @@ def recalibrate(net: ElasticStage, choices: dict[str, Any], inputs: list[torch.T
 
 @torch.no_grad()
 def score_options(space: SearchSpace, net: ElasticStage, teacher, data, stage: int,
-                  cfg: DistillConfig) -> list[float]:
+                  cfg: DistillConfig, options: Optional[list[int]] = None) -> list[float]:
     """Held-out NSR of every option of ``stage`` (index = option index of the space's encoding)."""
     recal, x_val, t_val = [], [], []
     for i, (x, _) in enumerate(data.train):
@@ -184,7 +189,7 @@ def score_options(space: SearchSpace, net: ElasticStage, teacher, data, stage: i
         if n >= cfg.score_images:
             break
     scores = []
-    for opt in range(space.stages[stage].n_options):
+    for opt in (range(space.stages[stage].n_options) if options is None else options):
         c = space.option_choices(stage, opt)
         recalibrate(net, c, recal)
         err = sum(float(nsr(net(a, c), b)) * len(a) for a, b in zip(x_val, t_val)) / n

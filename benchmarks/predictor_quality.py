@@ -1,0 +1,147 @@
+"""How well the blockwise-distilled predictor ranks architectures it never saw.
+
+    python benchmarks/predictor_quality.py --data ../shared/data/cifar10.npz --workers 2 --install
+
+1. runs (or resumes) the whole pipeline for mobilenetv3_cifar: teacher, block library, M fine-tuned samples, fit;
+2. fine-tunes K held-out architectures (never used to fit) with the same recipe, twice (seeds 0 and 1);
+3. compares predicted and measured accuracy, against MACs, params and a one-hot linear model on the same M samples;
+4. compares weight-shared and separate distillation of a few options of one stage (cost and ranking).
+
+Writes benchmarks/results/predictor_quality.json; ``--install`` copies the predictor to
+predictors/mobilenetv3_cifar/cifar10.json (the shipped default).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, write_result
+from scipy.stats import kendalltau, spearmanr
+
+from nas import cost
+from nas.io import read_json
+from nas.latency.engine import load_jsonl
+from nas.predictor.distill import DistillConfig, distill_stage
+from nas.predictor.fit import fit_ridge, onehot_features
+from nas.predictor.model import Predictor, predict_from_features
+from nas.predictor.pipeline import PipelineConfig, run_pipeline
+from nas.predictor.sample import run_samples, stratified_sample
+from nas.space import SearchSpace
+from nas.train import TrainConfig
+
+
+def rank_figures(pred: np.ndarray, acc: np.ndarray) -> dict:
+    return {"kendall_tau": float(kendalltau(pred, acc).statistic), "spearman": float(spearmanr(pred, acc).statistic),
+            "mae": float(np.mean(np.abs(pred - acc)))}
+
+
+def linear_on(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    return predict_from_features(fit_ridge(x_fit, y_fit), x_test)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "pipeline_cifar"))
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--heldout", type=int, default=20)
+    ap.add_argument("--teacher-epochs", type=float, default=15)
+    ap.add_argument("--finetune-epochs", type=float, default=1.0)
+    ap.add_argument("--distill-steps", type=int, default=800)
+    ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--subset", type=int, default=None)
+    ap.add_argument("--install", action="store_true")
+    a = ap.parse_args()
+
+    space = SearchSpace.load("mobilenetv3_cifar")
+    out = Path(a.out)
+    cfg = PipelineConfig(teacher=TrainConfig(epochs=a.teacher_epochs, lr=0.1),
+                         distill=DistillConfig(steps=a.distill_steps),
+                         finetune=TrainConfig(epochs=a.finetune_epochs, lr=0.02, warmup_epochs=0.1),
+                         samples=a.samples, subset=a.subset)
+    pred = run_pipeline(space, a.data, out, cfg, workers=a.workers)
+    log = read_json(out / "pipeline.json")
+
+    fit_pop = stratified_sample(space, a.samples, cfg.seed)
+    fit_ids = {x.id for x in space.decode_many(fit_pop)}
+    held = stratified_sample(space, a.heldout, seed=1000, exclude=fit_ids)
+    t0 = time.time()
+    accs = []
+    for seed in (0, 1):
+        recs = run_samples(space, held, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
+                           replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
+                           desc=f"held-out fine-tunes (seed {seed})")
+        by_id = {r["arch_id"]: r["val_top1"] for r in recs}
+        accs.append(np.array([by_id[x.id] for x in space.decode_many(held)]))
+    heldout_wall = time.time() - t0
+    acc = (accs[0] + accs[1]) / 2
+
+    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))}
+    fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
+    predicted = pred.predict(held)
+    macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]
+    par_f, par_h = np.log(cost.params(space, fit_pop))[:, None], np.log(cost.params(space, held))[:, None]
+    baselines = {
+        "macs": rank_figures(linear_on(macs_f, fit_acc, macs_h), acc),
+        "params": rank_figures(linear_on(par_f, fit_acc, par_h), acc),
+        "onehot_linear": rank_figures(linear_on(onehot_features(space, fit_pop), fit_acc,
+                                                onehot_features(space, held)), acc),
+    }
+
+    # weight sharing vs separate distillation, on a few options of stage 2
+    rng = np.random.default_rng(0)
+    stage = 1
+    options = sorted(rng.choice(space.stages[stage].n_options, a.separate_options, replace=False).tolist())
+    shared = read_json(out / "blocks" / f"stage{stage}_nsr.json")
+    t1 = time.time()
+    separate = []
+    for opt in options:
+        r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
+                          replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
+        separate.append(r["nsr"][0])
+    sep_wall = time.time() - t1
+    shared_nsr = [shared["nsr"][o] for o in options]
+    distill_cmp = {"stage": space.stages[stage].name, "options": options, "shared_nsr": shared_nsr,
+                   "separate_nsr": separate, "kendall_tau_shared_vs_separate": float(kendalltau(shared_nsr, separate).statistic),
+                   "mean_nsr_shared": float(np.mean(shared_nsr)), "mean_nsr_separate": float(np.mean(separate)),
+                   "shared_train_seconds_all_options": shared["train_seconds"],
+                   "separate_train_seconds_per_option": sep_wall / len(options),
+                   "separate_seconds_for_all_options_estimate": sep_wall / len(options) * space.stages[stage].n_options,
+                   "chosen": "shared"}
+
+    big = space.sample(np.random.default_rng(0), 1_000_000)
+    t2 = time.perf_counter()
+    pred.predict(big)
+    speed = 1_000_000 / (time.perf_counter() - t2)
+
+    phases = {k: v["wall_time_s"] for k, v in log["phases"].items()}
+    phases["heldout_finetunes"] = round(heldout_wall, 1)
+    phases["separate_distillation_comparison"] = round(sep_wall, 1)
+    figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
+               "baselines": baselines, "gt_repeat_tau": float(kendalltau(accs[0], accs[1]).statistic),
+               "heldout_accuracy_range": [float(acc.min()), float(acc.max())],
+               "m_fit_samples": int(a.samples), "predictor": {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"],
+                                                             "version": pred.version},
+               "teacher": log.get("teacher"), "finetune_recipe": log["config"]["finetune"],
+               "distill_recipe": log["config"]["distill"], "teacher_recipe": log["config"]["teacher"],
+               "phase_wall_time_s": phases, "pipeline_wall_time_s": log.get("total_wall_time_s"),
+               "predict_archs_per_s": speed, "distill_mode_comparison": distill_cmp, "workers": a.workers,
+               "subset": a.subset}
+    print({k: figures[k] for k in ("n_heldout", "kendall_tau", "spearman", "mae", "gt_repeat_tau")})
+    print("baselines:", {k: round(v["kendall_tau"], 3) for k, v in baselines.items()})
+    write_result("predictor_quality", figures)
+    if a.install:
+        dest = ROOT / "predictors" / space.name / "cifar10.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "predictor.json", dest)
+        Predictor.load(dest, space)
+        print(f"installed {dest}")
+
+
+if __name__ == "__main__":
+    main()

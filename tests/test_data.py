@@ -1,0 +1,114 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from nas.data import TensorLoader, load_cifar_folder, load_data, load_npz_archive, save_cifar_folder_py
+from nas.errors import UserError
+
+
+def _arrays(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8))
+
+
+def test_real_archive_loads_with_fixed_splits(cifar_archive):
+    x, y, xt, yt = load_npz_archive(cifar_archive)
+    assert x.shape == (20000, 32, 32, 3) and xt.shape == (10000, 32, 32, 3)
+    a = load_data(cifar_archive, subset=2000, seed=3)
+    b = load_data(cifar_archive, subset=2000, seed=3)
+    assert a.train.num_samples == 2000 and a.val.num_samples == 500
+    torch.testing.assert_close(a.val.x, b.val.x)
+    xb, yb = next(iter(a.train))
+    assert xb.shape == (128, 3, 32, 32) and yb.max() < 10
+    assert abs(float(xb.mean())) < 0.3  # normalised
+
+
+def test_cifar_folder_layouts_read_the_same_images(tmp_path):
+    x, y = _arrays(50)
+    xt, yt = _arrays(20, 1)
+    save_cifar_folder_py(tmp_path / "py", x, y, xt, yt)
+    got = load_cifar_folder(tmp_path / "py")
+    np.testing.assert_array_equal(got[0], x)
+    np.testing.assert_array_equal(got[1], y)
+    np.testing.assert_array_equal(got[2], xt)
+    d = tmp_path / "bin" / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    for i, idx in enumerate(np.array_split(np.arange(50), 5), 1):
+        rows = np.concatenate([y[idx, None], x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1)], axis=1)
+        rows.astype(np.uint8).tofile(d / f"data_batch_{i}.bin")
+    np.concatenate([yt[:, None], xt.transpose(0, 3, 1, 2).reshape(20, -1)], 1).astype(np.uint8).tofile(
+        d / "test_batch.bin")
+    got_bin = load_cifar_folder(tmp_path / "bin")
+    np.testing.assert_array_equal(got_bin[0], x)
+    np.testing.assert_array_equal(got_bin[3], yt)
+
+
+def test_cifar_folder_refuses_unsafe_pickles(tmp_path):
+    import pickle
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    for name in ["data_batch_1", "test_batch"]:
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": Evil(), "labels": []}, f)
+    with pytest.raises(UserError, match="refusing to load"):
+        load_cifar_folder(tmp_path)
+
+
+def test_imagefolder_tree(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{i}.png")
+    splits = load_data(tmp_path, batch_size=4, input_size=32)
+    assert splits.num_classes == 2
+    xb, yb = next(iter(splits.train))
+    assert xb.shape == (4, 3, 32, 32)
+
+
+def test_fashion_mnist_idx(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("t10k", 10)):
+        img = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        header = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big")
+        (tmp_path / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + img.tobytes()))
+        lab = rng.integers(0, 10, n).astype(np.uint8)
+        (tmp_path / f"{split}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + lab.tobytes()))
+    splits = load_data(tmp_path, batch_size=5)
+    assert splits.name == "fashion-mnist" and splits.input_size == 32
+    xb, _ = next(iter(splits.train))
+    assert xb.shape == (5, 3, 32, 32)
+
+
+def test_loader_state_resumes_mid_epoch():
+    x, y = _arrays(64)
+    a = TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 8, True, seed=5)
+    it = iter(a)
+    for _ in range(3):
+        next(it)
+    state = a.state_dict()
+    rest = [b[0] for b in it]
+    b = TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 8, True, seed=0)
+    b.load_state_dict(state)
+    for want, got in zip(rest, (bb[0] for bb in b)):
+        torch.testing.assert_close(want, got)
+
+
+def test_bad_data_paths(tmp_path):
+    with pytest.raises(UserError, match="dataset not found"):
+        load_data(tmp_path / "nope.bin")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros(3))
+    with pytest.raises(UserError, match="lacks array"):
+        load_data(bad)
