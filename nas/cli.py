@@ -153,6 +153,59 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- netadapt
+@command("adapt")
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from .export import load_network, load_state_dict_file
+    from .latency import LatencyTable
+    from .netadapt import AdaptConfig, adapt
+
+    space = _space(a.space)
+    if a.net:
+        arch, model = load_network(a.net)
+    else:
+        if not (a.checkpoint and a.arch):
+            raise UserError("nas adapt", "give --net DIR, or --checkpoint and --arch", "see nas adapt --help")
+        from .blocks import build_model
+
+        arch = space.parse_id(a.arch)
+        model = build_model(arch)
+        try:
+            model.load_state_dict(load_state_dict_file(a.checkpoint))
+        except RuntimeError as e:
+            raise UserError(a.checkpoint, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
+                            "pass the --arch the checkpoint was trained for") from None
+    table = LatencyTable.load(a.table, space) if a.table.endswith(".csv") else LatencyTable.find(space, a.table)
+    cfg = AdaptConfig(budget_ms=a.budget_ms, budget_ratio=a.budget_ratio, short_steps=a.short_steps,
+                      long_epochs=a.long_epochs, select=a.select, seed=a.seed)
+    state = adapt(space, model, arch, table, a.data, a.out, cfg, a.workers, a.ray_address, a.subset,
+                  measure=not a.no_measure, quiet=a.quiet)
+    last = state["trajectory"][-1]
+    print(f"adapted to {last['table_ms']:.4f} ms (table; budget {state['budget_ms']:.4f}), val top-1 "
+          f"{last['accuracy']:.4f} -> {a.out}/adapted/, trajectory.csv, trajectory.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- multipath
+@command("multipath")
+def cmd_multipath(a: argparse.Namespace) -> int:
+    from .latency import LatencyTable
+    from .multipath import MultipathConfig, parse_domains, run_multipath
+
+    space = _space(a.space)
+    specs = parse_domains(a.domains)
+    table = LatencyTable.find(space, a.device) if a.device else None
+    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, prioritise=a.prioritise, latency_weight=a.latency_weight,
+                          latency_target=a.latency_target, retrain_epochs=a.retrain_epochs, seed=a.seed)
+    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet)
+    for d, arch_id in res["paths"].items():
+        print(f"{d}: {arch_id}  test top-1 {res['accuracy'][d]:.4f}")
+    shared = sum(len(v) > 1 for v in res["node_map"].values())
+    print(f"{res['nodes']} distinct nodes ({shared} shared), {res['unique_params'] / 1e6:.3f}M unique parameters, "
+          f"{res['unique_macs'] / 1e6:.2f}M unique MACs -> {a.out}/")
+    return 0
+
+
 # ---------------------------------------------------------------------- space
 @command("space")
 def cmd_space(a: argparse.Namespace) -> int:
@@ -296,6 +349,35 @@ def build_parser() -> argparse.ArgumentParser:
     for prefix in ("teacher", "finetune"):
         sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
         sp.add_argument(f"--{prefix}-lr", type=float, default=None)
+
+    sp = sub.add_parser("adapt", help="NetAdapt: shrink a trained network to a latency budget")
+    data_args(sp)
+    sp.set_defaults(out="runs/adapt")
+    sp.add_argument("--net", help="network folder (arch.json + model.safetensors), e.g. a teacher or export")
+    sp.add_argument("--checkpoint", help="state_dict (safetensors or torch file) instead of --net")
+    sp.add_argument("--arch", help="arch id of --checkpoint")
+    sp.add_argument("--table", default="cpu-ort-1t", help="device name or table CSV")
+    sp.add_argument("--budget-ms", type=float, default=None)
+    sp.add_argument("--budget-ratio", type=float, default=None, help="e.g. 0.5: half the initial latency")
+    sp.add_argument("--short-steps", type=int, default=100, help="fine-tune steps per proposal")
+    sp.add_argument("--long-epochs", type=float, default=3.0, help="final fine-tune")
+    sp.add_argument("--select", choices=["accuracy", "ratio"], default="accuracy")
+    sp.add_argument("--no-measure", action="store_true", help="skip end-to-end measurements in the trajectory")
+
+    sp = sub.add_parser("multipath", help="multi-domain multi-path NAS: one RL controller per domain")
+    sp.add_argument("--domains", nargs="+", required=True,
+                    help="known names (cifar10, fashion-mnist), name=path[:classes], or a YAML run file")
+    sp.add_argument("--space", default="mobilenetv3_cifar")
+    sp.add_argument("--steps", type=int, default=3000)
+    sp.add_argument("--warmup", type=int, default=600, help="steps of uniform path sampling first")
+    sp.add_argument("--prioritise", choices=["lagging", "round_robin"], default="lagging")
+    sp.add_argument("--device", help="latency table device for the MnasNet reward term, e.g. cpu-ort-1t")
+    sp.add_argument("--latency-weight", type=float, default=0.0, help="MnasNet w (e.g. 0.07); 0: accuracy only")
+    sp.add_argument("--latency-target", type=float, default=None)
+    sp.add_argument("--retrain-epochs", type=float, default=2.0)
+    sp.add_argument("--subset", type=int, default=None)
+    sp.add_argument("--out", default="runs/multipath")
+    common(sp)
 
     sp = sub.add_parser("space", help="describe a search space or sample from it")
     sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")

@@ -188,6 +188,10 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         state["trajectory"].append(_trajectory_row(space, table, 0, arch, None, model, data_path, subset, measure))
         write_json(state_path, state)
     current_ms = float(table.predict(space.encode(arch)[None])[0])
+    if state["iteration"] == 0 and current_ms <= budget and not state.get("finished"):
+        save_network(arch, model, out / "adapted")  # nothing to do: the network is returned unchanged
+        state.update(finished=True, unchanged=True)
+        write_json(state_path, state)
     while current_ms > budget and state["iteration"] < cfg.max_iterations:
         i = state["iteration"]
         step = lat0 * cfg.initial_step * cfg.step_decay ** i
@@ -282,19 +286,27 @@ def _trajectory_row(space, table, iteration, arch, proposal, model, data_path, s
 
 
 def measure_network(space: SearchSpace, table: LatencyTable, arch: Arch) -> float:
-    """End-to-end latency of one network on this machine, drift-compensated in the table's units."""
+    """End-to-end latency of one network (in the space or not) on this machine, in the table's units."""
+    return measure_networks(space, table, [arch])[0]
+
+
+def measure_networks(space: SearchSpace, table: LatencyTable, archs: list[Arch]) -> list[float]:
     import tempfile
 
     from .latency import engine
     from .latency.backends import make_backend
-    from .latency.profile import PartialResults, Protocol, Timer, network_items
+    from .latency.profile import Item, PartialResults, Protocol, Timer
 
     fp = table.fingerprint
     timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], Protocol(rounds=7))
+    f = space.frame
+    shape = (fp["batch"], f.in_chans, f.input_size, f.input_size)
+    items = [Item(a.id, (lambda a=a: build_model(a)), shape) for a in dict.fromkeys(archs)]
     with tempfile.TemporaryDirectory() as tmp:
         partial = PartialResults(Path(tmp) / "m.jsonl", {"fingerprint": fp, "protocol": {}})
-        timer.measure(network_items(space, space.encode(arch)[None], fp["batch"]), partial, "measure", True)
-        return engine.summarise(partial.records[arch.id], float(table.meta["reference"]["median_ms"]))["median_ms"]
+        timer.measure(items, partial, "measure", True)
+        ref = float(table.meta["reference"]["median_ms"])
+        return [engine.summarise(partial.records[a.id], ref)["median_ms"] for a in archs]
 
 
 def plot_trajectory(frame: pd.DataFrame, path: Path) -> None:

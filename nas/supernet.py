@@ -122,23 +122,25 @@ class ElasticIR(nn.Module):
 class ElasticStage(nn.Module):
     """All options of one stage, sharing weights; ``forward(x, choices)`` runs one option."""
 
-    def __init__(self, spec: StageSpec, cin: int, teacher_cout: int, stride: int):
+    def __init__(self, spec: StageSpec, cin: int, teacher_cout: int | None, stride: int):
         super().__init__()
         self.spec, self.cin, self.stride = spec, cin, stride
         cmax, kmax, emax = max(spec.channels), max(spec.kernel), max(spec.expansion)
         self.blocks = nn.ModuleList([ElasticIR(cin, cmax, kmax, emax)] +
                                     [ElasticIR(cmax, cmax, kmax, emax) for _ in range(max(spec.depth) - 1)])
-        self.adapter = nn.Conv2d(cmax, teacher_cout, 1, bias=False)
-        with torch.no_grad():  # start as a copy of the first channels: exact when widths agree
-            self.adapter.weight.zero_()
-            n = min(cmax, teacher_cout)
-            self.adapter.weight[:n, :n, 0, 0] = torch.eye(n)
+        self.adapter = None
+        if teacher_cout is not None:  # distillation: map every width to the teacher's
+            self.adapter = nn.Conv2d(cmax, teacher_cout, 1, bias=False)
+            with torch.no_grad():  # start as a copy of the first channels: exact when widths agree
+                self.adapter.weight.zero_()
+                n = min(cmax, teacher_cout)
+                self.adapter.weight[:n, :n, 0, 0] = torch.eye(n)
 
     def forward(self, x: torch.Tensor, c: dict[str, Any]) -> torch.Tensor:
         for j in range(int(c["depth"])):
             x = self.blocks[j](x, int(c["kernel"]), float(c["expansion"]), int(c["cout"]), bool(c["se"]),
                                str(c["act"]), self.stride if j == 0 else 1)
-        return F.conv2d(x, self.adapter.weight[:, : int(c["cout"])])
+        return x if self.adapter is None else F.conv2d(x, self.adapter.weight[:, : int(c["cout"])])
 
     def adapter_matrix(self, cout: int) -> torch.Tensor:
         """``(teacher_cout, cout)``: how this option's output maps to the teacher's channels."""
@@ -152,6 +154,32 @@ class ElasticStage(nn.Module):
                                        int(c["cout"]), bool(c["se"]), cin_map if j == 0 else None)
             out.update({f"{j}.{k}": v for k, v in sd.items()})
         return out
+
+
+class ElasticHead(nn.Module):
+    """MobileNetV3 head whose first 1x1 conv takes any number of input channels up to ``cin_max``."""
+
+    def __init__(self, cin_max: int, head_channels: int, features: int, num_classes: int, act: str):
+        super().__init__()
+        self.act = act
+        self.conv = nn.Conv2d(cin_max, head_channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(head_channels)
+        self.conv_head = nn.Conv2d(head_channels, features, 1, bias=True)
+        self.classifier = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _act(self.bn1(F.conv2d(x, self.conv.weight[:, : x.shape[1]])), self.act)
+        x = _act(self.conv_head(x.mean((2, 3), keepdim=True)), self.act)
+        return self.classifier(x.flatten(1))
+
+    def export(self, cin: int) -> dict[str, torch.Tensor]:
+        """State dict for :func:`nas.blocks.build_head` on ``cin`` input channels."""
+        out = {"0.0.conv.weight": self.conv.weight[:, :cin]}
+        for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            out[f"0.0.bn1.{t}"] = getattr(self.bn1, t)
+        out.update({"2.weight": self.conv_head.weight, "2.bias": self.conv_head.bias,
+                    "5.weight": self.classifier.weight, "5.bias": self.classifier.bias})
+        return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
 def largest_choices(space: SearchSpace, stage: int) -> dict[str, Any]:

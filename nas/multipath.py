@@ -1,0 +1,462 @@
+"""``nas multipath``: multi-domain multi-path NAS (after Wang, Ke et al., WACV 2021).
+
+One supernet serves several domains. Each domain takes its own path (one option per stage) chosen by its
+own REINFORCE controller (the search's ``rl`` controller, reused); nodes that several domains choose are
+shared, the others domain-specific. The stem is shared; each domain has its own head.
+
+Search: every step picks a domain (see :class:`Prioritiser`), samples that domain's path (uniformly during a
+warm-up, as TuNAS, then from its controller), and trains the supernet on one batch of that domain along
+the path. Every few steps the domain's controller scores a few sampled paths on a held-out batch
+(reward = accuracy, optionally times the MnasNet latency term) and takes a policy-gradient step.
+
+Result: each domain's most likely path, the shared/specific node map, and a joint model (one module per
+distinct node, each counted once) trained with all domains and exportable to ONNX per domain.
+
+Domain prioritisation (our rule; the paper's was not available): a domain is drawn with probability
+``(1 - floor) * softmax(gap / temperature) + floor / K`` where ``gap = 1 - running validation accuracy``,
+so lagging domains get more steps but no domain ever drops below ``floor / K``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import build_head, build_stage, build_stem, head_cost, stage_choice_option, stage_cost, stem_cost
+from .errors import UserError
+from .io import write_json
+from .objectives import Objective
+from .search.rl import Reinforce
+from .space import Arch, SearchSpace
+from .supernet import ElasticHead, ElasticStage
+
+KNOWN_DOMAINS = {"cifar10": ("../shared/data/cifar10.npz", 10), "fashion-mnist": ("/usr/share/datasets/fashion-mnist", 10)}
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    data: str
+    num_classes: Optional[int] = None
+
+
+def parse_domains(items: list[str]) -> list[DomainSpec]:
+    """``name`` (a known domain) or ``name=path`` or ``name=path:classes``; a YAML file with ``domains:`` too."""
+    if len(items) == 1 and items[0].endswith((".yaml", ".yml")):
+        from .io import read_yaml
+
+        cfg = read_yaml(items[0], "multipath run file")
+        raw = cfg.get("domains") if isinstance(cfg, dict) else None
+        if not isinstance(raw, list) or not raw:
+            raise UserError(items[0], "needs a non-empty list under 'domains'", "e.g. domains: [{name: cifar10}]")
+        items = [f"{d['name']}={d['data']}" + (f":{d['classes']}" if d.get("classes") else "") if "data" in d
+                 else d["name"] for d in raw]
+    out = []
+    for item in items:
+        name, _, rest = item.partition("=")
+        if not rest:
+            if name not in KNOWN_DOMAINS:
+                raise UserError("--domains", f"unknown domain {name!r}",
+                                f"use name=path, or one of: {', '.join(KNOWN_DOMAINS)}")
+            rest = KNOWN_DOMAINS[name][0]
+        path, _, classes = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "")
+        out.append(DomainSpec(name, path, int(classes) if classes else None))
+    if len({d.name for d in out}) != len(out):
+        raise UserError("--domains", "a domain is named twice", "give each domain once")
+    if len(out) < 2:
+        raise UserError("--domains", "multi-path NAS needs at least two domains", "add another domain")
+    return out
+
+
+def load_domains(specs: list[DomainSpec], space: SearchSpace, batch_size: int, seed: int,
+                 subset: Optional[int] = None) -> dict[str, Any]:
+    from .data import load_data
+
+    out = {}
+    for d in specs:
+        splits = load_data(d.data, batch_size=batch_size, seed=seed, subset=subset, input_size=space.frame.input_size)
+        if d.num_classes is not None and d.num_classes != splits.num_classes:
+            raise UserError(d.data, f"domain {d.name} declares {d.num_classes} classes, the data has "
+                            f"{splits.num_classes}", "fix the class count or the data path")
+        if splits.input_size != space.frame.input_size:
+            raise UserError(d.data, f"images are {splits.input_size}px, space {space.name} expects "
+                            f"{space.frame.input_size}px", "use a space sized for this data")
+        out[d.name] = splits
+    return out
+
+
+# ---------------------------------------------------------------------- supernet
+def choices(sc) -> dict[str, Any]:
+    return {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
+            "act": sc.act}
+
+
+class MultiPathSupernet(nn.Module):
+    def __init__(self, space: SearchSpace, num_classes: dict[str, int]):
+        super().__init__()
+        f = space.frame
+        self.space = space
+        self.stem = build_stem(f)
+        self.stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
+                                     for s, st in enumerate(space.stages)])
+        self.heads = nn.ModuleDict({d: ElasticHead(max(space.head_cins), f.head_channels, f.head_features, n,
+                                                   f.head_act) for d, n in num_classes.items()})
+
+    def forward(self, x: torch.Tensor, arch: Arch, domain: str) -> torch.Tensor:
+        h = self.stem(x)
+        for stage, sc in zip(self.stages, arch.stages):
+            h = stage(h, choices(sc))
+        return self.heads[domain](h)
+
+
+class Prioritiser:
+    """Which domain trains next: ``lagging`` (documented in the module) or ``round_robin``."""
+
+    def __init__(self, domains: list[str], rule: str = "lagging", temperature: float = 0.05, floor: float = 0.2,
+                 decay: float = 0.9, seed: int = 0):
+        if rule not in ("lagging", "round_robin"):
+            raise UserError("--prioritise", f"unknown rule {rule!r}", "use lagging or round_robin")
+        self.domains, self.rule, self.temperature, self.floor, self.decay = domains, rule, temperature, floor, decay
+        self.acc = {d: 0.0 for d in domains}
+        self.counts = {d: 0 for d in domains}
+        self.rng = np.random.default_rng(seed)
+        self.t = 0
+
+    def probabilities(self) -> np.ndarray:
+        gap = np.array([1.0 - self.acc[d] for d in self.domains])
+        z = np.exp((gap - gap.max()) / self.temperature)
+        return (1 - self.floor) * z / z.sum() + self.floor / len(self.domains)
+
+    def pick(self) -> str:
+        if self.rule == "round_robin":
+            d = self.domains[self.t % len(self.domains)]
+        else:
+            d = self.domains[int(self.rng.choice(len(self.domains), p=self.probabilities()))]
+        self.t += 1
+        self.counts[d] += 1
+        return d
+
+    def update(self, domain: str, accuracy: float) -> None:
+        self.acc[domain] = self.decay * self.acc[domain] + (1 - self.decay) * accuracy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"acc": self.acc, "counts": self.counts, "t": self.t, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.acc, self.counts, self.t = dict(s["acc"]), dict(s["counts"]), int(s["t"])
+        self.rng.bit_generator.state = s["rng"]
+
+
+@dataclass
+class MultipathConfig:
+    steps: int = 3000
+    warmup: int = 600
+    batch_size: int = 64
+    lr: float = 0.05
+    controller_every: int = 5
+    paths_per_update: int = 4
+    controller_lr: float = 0.1
+    latency_weight: float = 0.0  # MnasNet w; 0 = accuracy only
+    latency_target: Optional[float] = None
+    prioritise: str = "lagging"
+    temperature: float = 0.05
+    floor: float = 0.2
+    checkpoint_every: int = 200
+    retrain_epochs: float = 2.0
+    retrain_lr: float = 0.05
+    seed: int = 0
+
+
+def make_controllers(space: SearchSpace, domains: list[str], cfg: MultipathConfig) -> dict[str, Reinforce]:
+    objectives = [Objective("accuracy", "max")]
+    if cfg.latency_weight:
+        objectives.append(Objective("latency", "min"))
+    return {d: Reinforce(space, objectives, cfg.seed * 101 + i, target=cfg.latency_target,
+                         w=-abs(cfg.latency_weight), lr=cfg.controller_lr) for i, d in enumerate(domains)}
+
+
+RewardFn = Callable[[str, np.ndarray], np.ndarray]
+
+
+def controller_step(space: SearchSpace, controller: Reinforce, domain: str, reward: RewardFn, n: int,
+                    latency: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> float:
+    """Sample ``n`` paths, score them (accuracy, optional latency), take one REINFORCE step."""
+    pop = controller.ask(n)
+    acc = reward(domain, pop)
+    cols = [-acc] + ([latency(pop)] if latency is not None and len(controller.objectives) > 1 else [])
+    controller.tell(pop, np.stack(cols, axis=1), np.zeros(n))
+    return float(acc.mean())
+
+
+def most_likely(controller: Reinforce) -> np.ndarray:
+    return controller.policy.most_likely()
+
+
+def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig, out_dir: str | Path,
+                 latency: Optional[Callable[[np.ndarray], np.ndarray]] = None, quiet: bool = True) -> dict[str, Any]:
+    """Train the supernet and the controllers (resumable); return each domain's most likely path."""
+    from .progress import progress_bar
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    domains = list(data)
+    net = MultiPathSupernet(space, {d: data[d].num_classes for d in domains})
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    controllers = make_controllers(space, domains, cfg)
+    prio = Prioritiser(domains, cfg.prioritise, cfg.temperature, cfg.floor, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    step, seconds = 0, 0.0
+    ckpt = out / "search.ckpt"
+    if ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        extra = json.loads(st["extra"])
+        step, seconds = extra["step"], extra["seconds"]
+        for d in domains:
+            controllers[d].load_state_dict(extra["controllers"][d])
+            data[d].train.load_state_dict(extra["loaders"][d])
+            data[d].val.load_state_dict(extra["val_loaders"][d])
+        prio.load_state_dict(extra["prio"])
+        rng.bit_generator.state = extra["rng"]
+    iters = {d: _cycle(data[d].train) for d in domains}
+    vals = {d: _cycle(data[d].val) for d in domains}
+
+    @torch.no_grad()
+    def reward(domain: str, pop: np.ndarray) -> np.ndarray:
+        x, y = next(vals[domain])
+        net.eval()
+        accs = [(net(x, a, domain).argmax(1) == y).float().mean().item() for a in space.decode_many(pop)]
+        net.train()
+        return np.array(accs)
+
+    t0 = time.time()
+    history = []
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("multipath search", total=cfg.steps, completed=step)
+        while step < cfg.steps:
+            d = prio.pick()
+            vec = space.sample(rng, 1)[0] if step < cfg.warmup else controllers[d].ask(1)[0]
+            x, y = next(iters[d])
+            for g in opt.param_groups:
+                g["lr"] = float(cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+            net.train()
+            loss = F.cross_entropy(net(x, space.decode(vec), d), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % cfg.controller_every == 0:
+                if step >= cfg.warmup:
+                    acc = controller_step(space, controllers[d], d, reward, cfg.paths_per_update, latency)
+                else:
+                    acc = float(reward(d, space.sample(rng, 1)).mean())
+                prio.update(d, acc)
+                history.append({"step": step, "domain": d, "val_acc": acc, "loss": float(loss.detach())})
+            bar.advance(task)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                extra = {"step": step, "seconds": seconds + time.time() - t0, "prio": prio.state_dict(),
+                         "rng": rng.bit_generator.state,
+                         "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
+                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains},
+                         "val_loaders": {d_: data[d_].val.state_dict() for d_ in domains}}
+                _atomic_torch_save(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(),
+                                          "extra": json.dumps(extra)})
+                iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
+                vals = {d_: _cycle(data[d_].val) for d_ in domains}
+    paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
+    torch.save(net.state_dict(), out / "supernet.pt")
+    return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
+            "seconds": seconds + time.time() - t0, "controllers": controllers}
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- joint model and accounting
+def node_key(space: SearchSpace, arch: Arch, stage: int) -> str:
+    o = stage_choice_option(arch, stage)
+    return f"{space.stages[stage].name}:{o.cin}>{arch.stages[stage].token()}"
+
+
+def node_map(space: SearchSpace, paths: dict[str, Arch]) -> dict[str, list[str]]:
+    """Distinct nodes (a stage option at its input width) -> the domains whose path uses it."""
+    out: dict[str, list[str]] = {}
+    for d, arch in paths.items():
+        for s in range(len(space.stages)):
+            out.setdefault(node_key(space, arch, s), []).append(d)
+    return out
+
+
+def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int]) -> dict[str, int]:
+    """Parameters and MACs of the joint model, each shared node counted once (stem shared, heads per domain)."""
+    m, p = stem_cost(space.frame)
+    seen = set()
+    for arch in paths.values():
+        for s in range(len(space.stages)):
+            k = node_key(space, arch, s)
+            if k not in seen:
+                seen.add(k)
+                mm, pp = stage_cost(stage_choice_option(arch, s))
+                m, p = m + mm, p + pp
+    for d, arch in paths.items():
+        frame = _frame_for(space, num_classes[d])
+        mm, pp = head_cost(frame, arch.stages[-1].channels, space.final_resolution)
+        m, p = m + mm, p + pp
+    return {"unique_params": int(p), "unique_macs": int(m), "nodes": len(seen)}
+
+
+def _frame_for(space: SearchSpace, num_classes: int):
+    from dataclasses import replace
+
+    return replace(space.frame, num_classes=num_classes)
+
+
+class JointModel(nn.Module):
+    """One module per distinct node; a domain's forward follows its path through them."""
+
+    def __init__(self, space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int]):
+        super().__init__()
+        self.space, self.paths = space, paths
+        self.stem = build_stem(space.frame)
+        self.nodes = nn.ModuleDict()
+        self.route: dict[str, list[str]] = {}
+        for d, arch in paths.items():
+            keys = []
+            for s in range(len(space.stages)):
+                k = node_key(space, arch, s)
+                safe = _safe(k)
+                if safe not in self.nodes:
+                    self.nodes[safe] = build_stage(stage_choice_option(arch, s), space.frame.stem_act)
+                keys.append(safe)
+            self.route[d] = keys
+        self.heads = nn.ModuleDict({d: build_head(_frame_for(space, num_classes[d]), arch.stages[-1].channels)
+                                    for d, arch in paths.items()})
+
+    def forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        h = self.stem(x)
+        for k in self.route[domain]:
+            h = self.nodes[k](h)
+        return self.heads[domain](h)
+
+    def domain_module(self, domain: str) -> nn.Module:
+        """The standalone network of one domain (shares modules with the joint model): for ONNX export."""
+        return nn.Sequential(self.stem, *[self.nodes[k] for k in self.route[domain]], self.heads[domain])
+
+    def load_from_supernet(self, net: MultiPathSupernet) -> None:
+        with torch.no_grad():
+            self.stem.load_state_dict(net.stem.state_dict())
+            for d, arch in self.paths.items():
+                for s, k in enumerate(self.route[d]):
+                    o = stage_choice_option(arch, s)
+                    self.nodes[k].load_state_dict(net.stages[s].export_option(choices(arch.stages[s]), o.cin))
+                self.heads[d].load_state_dict(net.heads[d].export(arch.stages[-1].channels))
+
+
+def _safe(key: str) -> str:
+    return key.replace(".", "_").replace(":", "__").replace(">", "_to_")
+
+
+def train_joint(model: nn.Module, data: dict[str, Any], epochs: float, lr: float, seed: int,
+                domain_arg: bool = True) -> dict[str, Any]:
+    """Alternate one batch per domain; the same number of steps per domain for every compared model."""
+    torch.manual_seed(seed)
+    from .train import lr_at, param_groups
+
+    domains = list(data)
+    steps = int(epochs * min(len(data[d].train) for d in domains))
+    opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
+    iters = {d: _cycle(data[d].train) for d in domains}
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        for d in domains:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, steps // 20, lr)
+            x, y = next(iters[d])
+            out = model(x, d) if domain_arg else model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {"steps_per_domain": steps, "seconds": time.time() - t0}
+
+
+@torch.no_grad()
+def evaluate_joint(model: nn.Module, data: dict[str, Any], split: str = "test") -> dict[str, float]:
+    model.eval()
+    out = {}
+    for d, splits in data.items():
+        correct = total = 0
+        for x, y in getattr(splits, split):
+            correct += (model(x, d).argmax(1) == y).sum().item()
+            total += len(y)
+        out[d] = correct / max(1, total)
+    return out
+
+
+def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Path,
+                  cfg: MultipathConfig = MultipathConfig(), table=None, subset: Optional[int] = None,
+                  init: str = "supernet", quiet: bool = False) -> dict[str, Any]:
+    """Search paths, build and retrain the joint model, save it (safetensors + JSON + ONNX per domain)."""
+    from safetensors.torch import save_file
+
+    from .export import export_onnx
+
+    out = Path(out_dir)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+    latency = table.bind(space).predict if (table is not None and cfg.latency_weight) else None
+    found = search_paths(space, data, cfg, out, latency, quiet)
+    paths = found["paths"]
+    classes = {d: data[d].num_classes for d in data}
+    joint = JointModel(space, paths, classes)
+    if init == "supernet":
+        joint.load_from_supernet(found["net"])
+    retrain = train_joint(joint, data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+    acc = evaluate_joint(joint, data)
+    save_file({k: v.contiguous() for k, v in joint.state_dict().items()}, str(out / "joint.safetensors"))
+    f = space.frame
+    shape = (1, f.in_chans, f.input_size, f.input_size)
+    for d in paths:
+        export_onnx(joint.domain_module(d).eval(), shape, out / f"{d}.onnx")
+    result = {"domains": [asdict(s) for s in specs], "paths": {d: a.id for d, a in paths.items()},
+              "node_map": node_map(space, paths), **unique_costs(space, paths, classes), "accuracy": acc,
+              "mean_accuracy": float(np.mean(list(acc.values()))), "domain_steps": found["counts"],
+              "search_seconds": found["seconds"], "retrain": retrain, "config": asdict(cfg), "init": init}
+    if table is not None:
+        from .netadapt import measure_networks
+
+        vecs = np.stack([space.encode(a) for a in paths.values()])
+        result["table_latency_ms"] = dict(zip(paths, table.bind(space).predict(vecs).tolist()))
+        if table.fingerprint.get("cpu_model") == _here_cpu():
+            result["measured_latency_ms"] = dict(zip(paths, measure_networks(space, table, list(paths.values()))))
+    write_json(out / "multipath.json", result)
+    return result
+
+
+def _here_cpu() -> str:
+    from .latency.engine import cpu_model
+
+    return cpu_model()
+
+
+__all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",
+           "search_paths", "controller_step", "make_controllers", "node_map", "unique_costs", "run_multipath"]

@@ -1,0 +1,114 @@
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from nas.blocks import count_params
+from nas.errors import UserError
+from nas.multipath import (DomainSpec, JointModel, MultipathConfig, Prioritiser, controller_step, load_domains,
+                           make_controllers, most_likely, node_map, parse_domains, search_paths, unique_costs)
+
+from conftest import ROOT
+from test_predictor import MINI, mini_space, synthetic_npz  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def second_npz(tmp_path_factory):
+    """Another learnable domain: 10 classes by stripe orientation and colour."""
+    rng = np.random.default_rng(1)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 40, (n, 32, 32, 3)).astype(np.uint8)
+        for i, c in enumerate(y):
+            if c < 5:
+                x[i, :, 3 * c:3 * c + 3, :] = 220
+            else:
+                x[i, 3 * (c - 5):3 * (c - 5) + 3, :, 1] = 220
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(800), make(200)
+    path = tmp_path_factory.mktemp("d2") / "stripes.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def test_controllers_learn_different_paths_for_different_rewards(mini_space):  # noqa: F811
+    cfg = MultipathConfig(controller_lr=0.2)
+    ctl = make_controllers(mini_space, ["a", "b"], cfg)
+    kcols = [6 * s + 1 for s in range(len(mini_space.stages))]
+
+    def reward(domain, pop):  # domain a likes kernel 3 (index 0), domain b kernel 5 (index 1)
+        want = 0 if domain == "a" else 1
+        return (pop[:, kcols] == want).mean(axis=1)
+
+    for _ in range(60):
+        for d in ("a", "b"):
+            controller_step(mini_space, ctl[d], d, reward, 8)
+    ka, kb = most_likely(ctl["a"])[kcols], most_likely(ctl["b"])[kcols]
+    assert (ka == 0).all() and (kb == 1).all()
+
+
+def test_shared_nodes_are_counted_once(mini_space):  # noqa: F811
+    vec = mini_space.sample(np.random.default_rng(0), 2)
+    same = {"a": mini_space.decode(vec[0]), "b": mini_space.decode(vec[0])}
+    classes = {"a": 10, "b": 10}
+    nm = node_map(mini_space, same)
+    assert all(v == ["a", "b"] for v in nm.values()) and len(nm) == len(mini_space.stages)
+    joint = JointModel(mini_space, same, classes)
+    assert unique_costs(mini_space, same, classes)["unique_params"] == count_params(joint)
+    other = dict(same, b=mini_space.decode(vec[1]))
+    joint2 = JointModel(mini_space, other, classes)
+    assert unique_costs(mini_space, other, classes)["unique_params"] == count_params(joint2)
+    assert count_params(joint2) > count_params(joint)
+
+
+def test_prioritiser_favours_lagging_domain_and_round_robin_alternates():
+    p = Prioritiser(["a", "b"], "lagging", seed=0)
+    for _ in range(20):
+        p.update("a", 0.9)
+        p.update("b", 0.3)
+    picks = [p.pick() for _ in range(400)]
+    assert picks.count("b") > 2 * picks.count("a") and picks.count("a") >= 400 * 0.2 / 2 * 0.7
+    rr = Prioritiser(["a", "b"], "round_robin")
+    assert [rr.pick() for _ in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_path):  # noqa: F811
+    specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("stripes", str(second_npz))]
+    cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)
+    full = search_paths(mini_space, load_domains(specs, mini_space, 32, 0), cfg, tmp_path / "a")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from test_predictor import MINI; import yaml, pathlib\n"
+            "from nas.space import SearchSpace\nfrom nas.multipath import DomainSpec, MultipathConfig, load_domains, search_paths\n"
+            "space = SearchSpace.load(%r)\n"
+            "specs = [DomainSpec('blobs', %r), DomainSpec('stripes', %r)]\n"
+            "cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)\n"
+            "search_paths(space, load_domains(specs, space, 32, 0), cfg, %r)\n") % (
+        str(ROOT / "tests"), str(mini_space.source), str(synthetic_npz), str(second_npz), str(tmp_path / "b"))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "b" / "search.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    _, err = proc.communicate()
+    assert ckpt.exists(), err[-2000:]
+    resumed = search_paths(mini_space, load_domains(specs, mini_space, 32, 0), cfg, tmp_path / "b")
+    assert {d: a.id for d, a in resumed["paths"].items()} == {d: a.id for d, a in full["paths"].items()}
+    for (k, v), w in zip(full["net"].state_dict().items(), resumed["net"].state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_bad_domains(mini_space, synthetic_npz):  # noqa: F811
+    with pytest.raises(UserError, match="unknown domain 'svhn'"):
+        parse_domains(["cifar10", "svhn"])
+    with pytest.raises(UserError, match="at least two domains"):
+        parse_domains(["cifar10"])
+    specs = [DomainSpec("a", str(synthetic_npz), 100), DomainSpec("b", str(synthetic_npz))]
+    with pytest.raises(UserError, match="declares 100 classes, the data has 10"):
+        load_domains(specs, mini_space, 32, 0)
+    assert parse_domains([f"x={synthetic_npz}:10", "fashion-mnist"])[0].num_classes == 10

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from nas.blocks import build_model
+from nas.errors import UserError
+from nas.latency.profile import Protocol, profile
+from nas.netadapt import AdaptConfig, adapt, propose, shrink_weights
+
+from test_predictor import MINI, mini_space, synthetic_npz  # noqa: F401  (shared fixtures)
+
+FAST = Protocol(rounds=2, chunk=16, target_s=0.0003)
+
+
+@pytest.fixture(scope="module")
+def mini_table(mini_space, tmp_path_factory):  # noqa: F811
+    return profile(mini_space, "cpu-ort-1t", out_root=tmp_path_factory.mktemp("t"), protocol=FAST, quiet=True)
+
+
+def _largest(space):
+    return space.decode(space.largest())
+
+
+def test_kept_channels_are_copied_exactly(mini_space):  # noqa: F811
+    a = _largest(mini_space)
+    torch.manual_seed(0)
+    src = build_model(a)
+    vec = mini_space.encode(a)
+    vec[3] = 0  # stage 1 narrower
+    vec[6 + 2] = 0  # stage 2 smaller expansion
+    vec[6 + 1] = 0  # stage 2 kernel 5 -> 3
+    b = mini_space.decode(vec)
+    dst = shrink_weights(src, a, b)
+    s, d = src.state_dict(), dst.state_dict()
+
+    def rows_in(small, big):
+        """Index in ``big`` of each row of ``small`` (rows compared whole, bit for bit)."""
+        return [int(torch.nonzero((big == r).flatten(1).all(1))[0]) for r in small]
+
+    # stage 1's output channels: the strongest ones, kept in order ...
+    idx = rows_in(d["blocks.1.0.conv_pwl.weight"], s["blocks.1.0.conv_pwl.weight"])
+    assert idx == sorted(idx) and len(idx) == b.stages[0].channels
+    # ... and the same channels feed stage 2 (its first 1x1 conv keeps exactly those input columns)
+    pw_d, pw_s = d["blocks.2.0.conv_pw.weight"], s["blocks.2.0.conv_pw.weight"][:, idx]
+    assert len(rows_in(pw_d, pw_s)) == pw_d.shape[0]
+    for j in range(1, b.stages[0].depth):  # residual-tied: every block of stage 1 uses the same set
+        rows = rows_in(d[f"blocks.1.{j}.conv_pw.weight"], s[f"blocks.1.{j}.conv_pw.weight"][:, idx])
+        assert len(rows) == d[f"blocks.1.{j}.conv_pw.weight"].shape[0]
+    # stage 2 kernel: the centre 3x3 of the kept 5x5 depthwise filters, bit for bit
+    dw_s, dw_d = s["blocks.2.0.conv_dw.weight"], d["blocks.2.0.conv_dw.weight"]
+    rows = rows_in(dw_d, dw_s[:, :, 1:4, 1:4])
+    assert torch.equal(dw_d, dw_s[rows, :, 1:4, 1:4])
+    with torch.no_grad():
+        assert dst(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_one_iteration_meets_its_target(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+    a = _largest(mini_space)
+    torch.manual_seed(0)
+    model = build_model(a)
+    lat0 = float(mini_table.predict(mini_space.encode(a)[None])[0])
+    cfg = AdaptConfig(budget_ratio=0.9, initial_step=0.1, short_steps=2, long_epochs=0.05, max_iterations=1)
+    state = adapt(mini_space, model, a, mini_table, synthetic_npz, tmp_path, cfg, measure=False, quiet=True)
+    first = state["trajectory"][1]
+    assert first["table_ms"] <= lat0 * 0.9 + 1e-12
+    assert (tmp_path / "trajectory.csv").exists() and (tmp_path / "adapted" / "model.onnx").exists()
+    props = propose(mini_space, a, mini_table, lat0 * 0.95)
+    assert props and all(p["meets_target"] for p in props)
+
+
+def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+    from nas.export import load_network
+
+    a = _largest(mini_space)
+    torch.manual_seed(0)
+    model = build_model(a)
+    state = adapt(mini_space, model, a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ratio=1.0),
+                  measure=False, quiet=True)
+    assert state["unchanged"] and state["iteration"] == 0
+    arch2, model2 = load_network(tmp_path / "adapted")
+    assert arch2 == a
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, model2.state_dict()[k])
+
+
+def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+    a = _largest(mini_space)
+    with pytest.raises(UserError, match="below the smallest shrink"):
+        adapt(mini_space, build_model(a), a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ms=1e-6),
+              measure=False, quiet=True)
+    with pytest.raises(UserError, match="no budget"):
+        adapt(mini_space, build_model(a), a, mini_table, synthetic_npz, tmp_path / "x", AdaptConfig(),
+              measure=False, quiet=True)
