@@ -206,6 +206,19 @@ def cmd_multipath(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- pooling placement
+@command("supernet-mixture")
+def cmd_mixture(a: argparse.Namespace) -> int:
+    from .pooling import MixtureConfig, PlacementSpace, run_mixture
+
+    space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
+    ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed),
+                          a.subset, a.quiet)
+    print(ranking.head(10).to_string(index=False))
+    print(f"ranking of {len(ranking)} placements -> {a.out}/placement_ranking_M{a.models}.csv")
+    return 0
+
+
 # ---------------------------------------------------------------------- space
 @command("space")
 def cmd_space(a: argparse.Namespace) -> int:
@@ -377,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--retrain-epochs", type=float, default=2.0)
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")
+    common(sp)
+
+    sp = sub.add_parser("supernet-mixture", help="rank downsampling placements with a balanced mixture of supernets")
+    sp.add_argument("--models", type=int, default=4, help="M supernets (1: a single supernet)")
+    sp.add_argument("--epochs", type=float, default=20.0)
+    sp.add_argument("--blocks", type=int, default=9)
+    sp.add_argument("--pools", type=int, default=2)
+    sp.add_argument("--base-width", type=int, default=16)
+    sp.add_argument("--data", default="../shared/data/cifar10.npz")
+    sp.add_argument("--subset", type=int, default=None)
+    sp.add_argument("--out", default="runs/pooling")
     common(sp)
 
     sp = sub.add_parser("space", help="describe a search space or sample from it")

@@ -497,7 +497,7 @@ def _parse_space(cfg: Any, source: str) -> SearchSpace:
     defaults = cfg.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise UserError(source, "defaults must be a mapping", "see search_spaces/*.yaml")
-    _no_unknown(defaults, set(STAGE_DECISIONS), source, "defaults.")
+    _no_unknown(defaults, set(STAGE_DECISIONS) | {"stride"}, source, "defaults.")
     raw_stages = cfg.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise UserError(source, "stages must be a non-empty list", "add at least one stage")

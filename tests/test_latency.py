@@ -182,3 +182,18 @@ def test_validation_reports_noise_floor_and_correction(tiny_space, tmp_path):
 def test_torch_backend_runs(tiny_space, tmp_path):
     table = profile(tiny_space, "cpu-torch-1t", out_root=tmp_path, protocol=FAST, quiet=True)
     assert table.fingerprint["backend"] == "torch" and (table.rows["median_ms"] > 0).all()
+
+
+def test_placement_space_needs_no_special_case(tmp_path):
+    cfg = json.loads(json.dumps(TINY_SPACE))
+    cfg["name"] = "tiny_placed"
+    for st in cfg["stages"]:
+        st["stride"] = [1, 2]
+    cfg["downsampling"] = {"total": 4}
+    space = SearchSpace.from_dict(cfg, "tiny_placed.yaml")
+    assert space.searches_strides and len(space.placements) == 2
+    table = profile(space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    hins = set(table.rows[table.rows["kind"] == "stage"]["hin"])
+    assert hins == {8, 4}  # each stage at both resolutions the placements give it
+    pop = space.sample(np.random.default_rng(0), 32)
+    np.testing.assert_allclose(table.predict_sum(pop), [_loop_latency(table, space, a) for a in space.decode_many(pop)])

@@ -1,0 +1,273 @@
+"""Downsampling placement with a balanced mixture of supernets (after Javan, Toews, Pedersoli, AutoML 2023).
+
+Where a network halves its resolution changes its accuracy a lot, and one weight-sharing supernet ranks
+placements badly because all placements fight over the same weights. The fix: M supernets, with the
+placements assigned to them in a balanced, learned way.
+
+* ``W`` (placements x models): moving-average validation accuracy of each placement on each model.
+* Each epoch: ``P = softmax_models(tau * W)``, balanced with Sinkhorn iterations so that every model takes an
+  equal share of the placements (rows sum to 1, columns to n_placements / M); ``tau`` rises over training.
+* Each minibatch: draw a placement uniformly, a model from ``P[placement]``, take one SGD step on that model
+  for that placement, and update ``W[placement, model]`` from one validation batch.
+* ``M = 1`` is plain single-supernet training.
+
+The space here is ResNet20-like: a stem conv, 9 basic blocks, and ``pools`` 2x2 max-pools placed before
+some of the blocks (C(9, 2) = 36 placements); the width doubles after each pool. Block weights are stored at
+their largest width and sliced, so every placement is a path through one set of weights per supernet.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .io import write_csv, write_json
+
+
+# ---------------------------------------------------------------------- space
+@dataclass(frozen=True)
+class PlacementSpace:
+    blocks: int = 9
+    pools: int = 2
+    base_width: int = 16
+    num_classes: int = 10
+
+    def __post_init__(self):
+        if not (0 < self.pools < self.blocks):
+            raise UserError("placement space", f"cannot place {self.pools} pools among {self.blocks} blocks",
+                            "use 0 < pools < blocks")
+
+    @property
+    def placements(self) -> list[tuple[int, ...]]:
+        """Each placement: the (1-based) blocks that a 2x2 max-pool precedes, e.g. (4, 7)."""
+        return list(itertools.combinations(range(1, self.blocks + 1), self.pools))
+
+    def widths(self, placement: tuple[int, ...]) -> list[int]:
+        return [self.base_width * 2 ** sum(b >= p for p in placement) for b in range(1, self.blocks + 1)]
+
+    def default(self) -> tuple[int, ...]:
+        """ResNet20's own layout: 3 blocks per resolution, pools before blocks 4 and 7 (the paper's [4,3,3]
+        counts the stem conv with the first stage)."""
+        per = self.blocks // (self.pools + 1)
+        return tuple(1 + per * (i + 1) for i in range(self.pools))
+
+    def name(self, placement: tuple[int, ...]) -> str:
+        return "pool@" + ",".join(map(str, placement))
+
+    def macs(self, placement: tuple[int, ...], size: int = 32) -> int:
+        widths, h, total = self.widths(placement), size, size * size * 3 * self.base_width * 9
+        cin = self.base_width
+        for b, w in enumerate(widths, 1):
+            if b in placement:
+                h //= 2
+            total += h * h * 9 * (cin * w + w * w) + (h * h * cin * w if cin != w else 0)
+            cin = w
+        return total + cin * self.num_classes
+
+
+class SlicedBasicBlock(nn.Module):
+    """A ResNet basic block at its largest width; narrower uses slice the weights."""
+
+    def __init__(self, cmax: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cmax, cmax, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cmax)
+        self.conv2 = nn.Conv2d(cmax, cmax, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cmax)
+        self.proj = nn.Conv2d(cmax, cmax, 1, bias=False)
+        self.bnp = nn.BatchNorm2d(cmax)
+
+    @staticmethod
+    def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c], bn.training,
+                            bn.momentum, bn.eps)
+
+    def forward(self, x: torch.Tensor, cout: int) -> torch.Tensor:
+        cin = x.shape[1]
+        h = F.relu(self._bn(self.bn1, F.conv2d(x, self.conv1.weight[:cout, :cin], padding=1)))
+        h = self._bn(self.bn2, F.conv2d(h, self.conv2.weight[:cout, :cout], padding=1))
+        skip = x if cin == cout else self._bn(self.bnp, F.conv2d(x, self.proj.weight[:cout, :cin]))
+        return F.relu(h + skip)
+
+
+class PlacementNet(nn.Module):
+    """A supernet over all placements (or, trained on one placement only, a standalone network)."""
+
+    def __init__(self, space: PlacementSpace):
+        super().__init__()
+        self.space = space
+        cmax = space.base_width * 2 ** space.pools
+        self.stem = nn.Sequential(nn.Conv2d(3, space.base_width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(space.base_width), nn.ReLU(inplace=True))
+        self.blocks = nn.ModuleList(SlicedBasicBlock(cmax) for _ in range(space.blocks))
+        self.fc = nn.Linear(cmax, space.num_classes)
+
+    def forward(self, x: torch.Tensor, placement: tuple[int, ...]) -> torch.Tensor:
+        h = self.stem(x)
+        for b, (blk, w) in enumerate(zip(self.blocks, self.space.widths(placement)), 1):
+            if b in placement:
+                h = F.max_pool2d(h, 2)
+            h = blk(h, w)
+        h = h.mean((2, 3))
+        return F.linear(h, self.fc.weight[:, : h.shape[1]], self.fc.bias)
+
+
+# ---------------------------------------------------------------------- balanced assignment
+def sinkhorn(logits: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Rows sum to 1 and columns to ``rows / cols``: every model takes an equal share of placements."""
+    P = np.exp(logits - logits.max())
+    n, m = P.shape
+    for _ in range(iters):
+        P /= P.sum(axis=0, keepdims=True) / (n / m)
+        P /= P.sum(axis=1, keepdims=True)
+    return P
+
+
+def assignment(W: np.ndarray, tau: float) -> np.ndarray:
+    """``P = balanced softmax over models of tau * W``."""
+    return sinkhorn(tau * W)
+
+
+@dataclass
+class MixtureConfig:
+    models: int = 4
+    epochs: float = 20.0
+    batch_size: int = 128
+    lr: float = 0.05
+    tau_start: float = 1.0
+    tau_end: float = 50.0
+    w_decay: float = 0.9
+    seed: int = 0
+
+
+def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str = "cpu",
+                  quiet: bool = True) -> dict[str, Any]:
+    """Train M supernets with the balanced mixture; return W, the final assignment and the models."""
+    from .progress import progress_bar
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    placements = space.placements
+    n, M = len(placements), cfg.models
+    models = [PlacementNet(space).to(device) for _ in range(M)]
+    opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for m in models]
+    W = np.full((n, M), 0.1)
+    steps_per_epoch = len(data.train)
+    total = int(cfg.epochs * steps_per_epoch)
+    val = _cycle(data.val)
+    train = _cycle(data.train)
+    t0 = time.time()
+    P = assignment(W, cfg.tau_start)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(f"mixture M={M}", total=total)
+        for step in range(total):
+            if step % steps_per_epoch == 0:  # a new epoch: a new, sharper balanced assignment
+                frac = step / max(1, total - 1)
+                tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+                P = assignment(W, tau)
+            i = int(rng.integers(n))
+            k = int(rng.choice(M, p=P[i] / P[i].sum())) if M > 1 else 0
+            model, opt = models[k], opts[k]
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            x, y = next(train)
+            model.train()
+            loss = F.cross_entropy(model(x, placements[i]), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            xv, yv = next(val)
+            model.eval()
+            with torch.no_grad():
+                acc = (model(xv, placements[i]).argmax(1) == yv).float().mean().item()
+            W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
+            bar.advance(task)
+    return {"W": W, "P": P, "models": models, "seconds": time.time() - t0, "steps": total}
+
+
+@torch.no_grad()
+def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None) -> pd.DataFrame:
+    """Every placement evaluated (full validation split) on the model it is assigned to most strongly."""
+    rows = []
+    for i, p in enumerate(space.placements):
+        k = int(np.argmax(result["P"][i]))
+        model = result["models"][k].eval()
+        correct = total = 0
+        for b, (x, y) in enumerate(data.val):
+            if max_batches is not None and b >= max_batches:
+                break
+            correct += (model(x, p).argmax(1) == y).sum().item()
+            total += len(y)
+        rows.append({"placement": space.name(p), "model": k, "supernet_accuracy": correct / max(1, total),
+                     "w_estimate": float(result["W"][i, k]), "macs": space.macs(p)})
+    return pd.DataFrame(rows).sort_values("supernet_accuracy", ascending=False).reset_index(drop=True)
+
+
+def train_standalone(space: PlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,
+                     seed: int = 0) -> float:
+    """One placement trained on its own (the same short recipe for all); test top-1."""
+    from .train import TrainConfig, evaluate, train_model
+
+    torch.manual_seed(seed)
+    net = PlacementNet(space)
+    model = _Fixed(net, placement)
+    data.train.reseed(seed)
+    train_model(model, data.train, TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0.2, label_smoothing=0.0,
+                                               seed=seed))
+    return evaluate(model, data.test)
+
+
+class _Fixed(nn.Module):
+    def __init__(self, net: PlacementNet, placement: tuple[int, ...]):
+        super().__init__()
+        self.net, self.placement = net, placement
+
+    def forward(self, x):
+        return self.net(x, self.placement)
+
+
+def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, epochs: float, seed: int,
+                    subset: Optional[int], threads: Optional[int] = None) -> dict[str, Any]:
+    from .data import load_data
+
+    if threads:
+        torch.set_num_threads(threads)
+    space = PlacementSpace(**space_kw)
+    data = load_data(data_path, seed=0, subset=subset)
+    t0 = time.time()
+    acc = train_standalone(space, tuple(placement), data, epochs, seed=seed)
+    return {"placement": space.name(tuple(placement)), "standalone_accuracy": acc, "seconds": time.time() - t0}
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def run_mixture(space: PlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
+                subset: Optional[int] = None, quiet: bool = False) -> pd.DataFrame:
+    """Train the mixture, write the placement ranking (CSV) and a summary."""
+    from .data import load_data
+
+    out = Path(out_dir)
+    data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset)
+    res = train_mixture(space, data, cfg, quiet=quiet)
+    ranking = score_placements(space, res, data)
+    write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
+    write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": asdict(space),
+                                                      "seconds": res["seconds"], "W": res["W"].tolist(),
+                                                      "assignment": res["P"].tolist(),
+                                                      "best": ranking.iloc[0].to_dict()})
+    return ranking

@@ -1,0 +1,70 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas.errors import UserError
+from nas.pooling import MixtureConfig, PlacementNet, PlacementSpace, assignment, sinkhorn, train_mixture
+
+from test_predictor import synthetic_npz  # noqa: F401
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balancing_gives_every_model_an_equal_share(seed):
+    rng = np.random.default_rng(seed)
+    W = rng.random((36, 4))
+    for tau in (1.0, 10.0, 50.0):
+        P = assignment(W, tau)
+        np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(P.sum(axis=0), 9.0, rtol=0.02)
+    # with a sharp tau the hard assignment is nearly balanced too
+    hard = np.bincount(assignment(W, 50.0).argmax(axis=1), minlength=4)
+    assert hard.min() >= 6
+
+
+def test_sinkhorn_keeps_preferences():
+    W = np.zeros((8, 2))
+    W[:4, 0] = W[4:, 1] = 1.0
+    P = sinkhorn(5.0 * W)
+    assert (P[:4, 0] > 0.9).all() and (P[4:, 1] > 0.9).all()
+
+
+def test_single_model_is_plain_supernet_training(synthetic_npz):  # noqa: F811
+    from nas.data import load_data
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    cfg = MixtureConfig(models=1, epochs=1, batch_size=64, seed=3)
+    res = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=3), cfg)
+    assert np.allclose(res["P"], 1.0)
+    # the same steps by hand: a placement drawn uniformly per batch, one SGD step on the one supernet
+    data = load_data(synthetic_npz, batch_size=64, seed=3)
+    torch.manual_seed(cfg.seed)
+    net = PlacementNet(space)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    rng = np.random.default_rng(cfg.seed)
+    total = len(data.train)
+    for step, (x, y) in enumerate(data.train):
+        i = int(rng.integers(len(space.placements)))
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        net.train()
+        loss = F.cross_entropy(net(x, space.placements[i]), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (k, a), b in zip(net.state_dict().items(), res["models"][0].state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_placements_and_widths():
+    space = PlacementSpace()
+    assert len(space.placements) == 36 and space.default() == (4, 7)
+    assert space.widths((4, 7)) == [16] * 3 + [32] * 3 + [64] * 3
+    net = PlacementNet(space)
+    with torch.no_grad():
+        for p in space.placements[::7]:
+            assert net(torch.zeros(1, 3, 32, 32), p).shape == (1, 10)
+    with pytest.raises(UserError, match="cannot place 9 pools"):
+        PlacementSpace(blocks=9, pools=9)
