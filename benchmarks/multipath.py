@@ -1,0 +1,113 @@
+"""Multi-domain multi-path NAS on CIFAR-10 + Fashion-MNIST against one network per domain and one fully shared
+network, plus the domain prioritisation rule against round-robin.
+
+    python benchmarks/multipath.py --workers 2
+
+All compared models train from scratch with the same recipe (the same steps per domain), so the comparison
+is structural: what sharing nodes costs or gains. Writes benchmarks/results/multipath.json.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+from _common import ROOT, write_result
+
+from nas.blocks import build_model, count_params
+from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths, train_joint,
+                           unique_costs)
+from nas.space import SearchSpace
+
+
+def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None):
+    import torch
+
+    from nas.multipath import JointModel as JM
+
+    if threads:
+        torch.set_num_threads(threads)
+    space = SearchSpace.load(space_path)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+    classes = {d: data[d].num_classes for d in data}
+    paths = {d: space.parse_id(i) for d, i in paths_ids.items()}
+    t0 = time.time()
+    if kind == "single":
+        out = {}
+        for d in data:
+            model = JM(space, {d: paths[d]}, {d: classes[d]})
+            train_joint(model, {d: data[d]}, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+            out[d] = evaluate_joint(model, {d: data[d]})[d]
+        costs = [unique_costs(space, {d: paths[d]}, {d: classes[d]}) for d in data]
+        return {"accuracy": out, "unique_params": sum(c["unique_params"] for c in costs),
+                "unique_macs": sum(c["unique_macs"] for c in costs), "seconds": time.time() - t0}
+    model = JM(space, paths, classes)  # multipath; "shared" passes the same arch for every domain
+    train_joint(model, data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+    acc = evaluate_joint(model, data)
+    c = unique_costs(space, paths, classes)
+    assert c["unique_params"] == count_params(model)
+    return {"accuracy": acc, "unique_params": c["unique_params"], "unique_macs": c["unique_macs"],
+            "nodes": c["nodes"], "seconds": time.time() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--domains", nargs="+", default=[f"cifar10={ROOT.parent / 'shared' / 'data' / 'cifar10.npz'}",
+                                                     "fashion-mnist"])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=400)
+    ap.add_argument("--retrain-epochs", type=float, default=3.0)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--subset", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
+    a = ap.parse_args()
+    space = SearchSpace.load("mobilenetv3_cifar")
+    specs = parse_domains(a.domains)
+    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs)
+    found = {}
+    for rule in ("lagging", "round_robin"):
+        data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset)
+        r = search_paths(space, data, replace(cfg, prioritise=rule), f"{a.out}/{rule}")
+        found[rule] = {"paths": {d: p.id for d, p in r["paths"].items()}, "counts": r["counts"],
+                       "seconds": r["seconds"]}
+        print(rule, found[rule]["paths"], r["counts"])
+    paths = found["lagging"]["paths"]
+    biggest = max(paths.values(), key=lambda i: count_params(build_model(space.parse_id(i))))
+    jobs = {"multipath": ("joint", paths), "round_robin": ("joint", found["round_robin"]["paths"]),
+            "single_domain": ("single", paths), "shared": ("joint", {d: biggest for d in paths})}
+    args = lambda kind, p: (kind, str(space.source), specs, p, cfg, a.subset)  # noqa: E731
+    if a.workers > 0:
+        import ray
+
+        from nas.parallel import ray_session
+
+        with ray_session(a.workers):
+            task = ray.remote(num_cpus=1, max_retries=1)(train_variant)
+            refs = {k: task.remote(*args(kind, p), 1) for k, (kind, p) in jobs.items()}
+            results = {k: ray.get(ref) for k, ref in refs.items()}
+    else:
+        results = {k: train_variant(*args(kind, p)) for k, (kind, p) in jobs.items()}
+    for r in results.values():
+        r["mean_accuracy"] = float(np.mean(list(r["accuracy"].values())))
+    mp, single, shared = results["multipath"], results["single_domain"], results["shared"]
+    figures = {
+        "domains": [asdict(s) for s in specs], "paths": paths, "shared_network_arch": biggest,
+        "multipath": mp, "single_domain": single, "shared": shared,
+        "prioritisation": {"rule": "lagging (softmax of 1 - running val acc, temperature 0.05, floor 0.2)",
+                           "mean_accuracy": mp["mean_accuracy"], "domain_steps": found["lagging"]["counts"]},
+        "round_robin": {"mean_accuracy": results["round_robin"]["mean_accuracy"],
+                        "accuracy": results["round_robin"]["accuracy"], "paths": found["round_robin"]["paths"],
+                        "domain_steps": found["round_robin"]["counts"]},
+        "param_reduction_vs_single": 1 - mp["unique_params"] / single["unique_params"],
+        "mac_reduction_vs_single": 1 - mp["unique_macs"] / single["unique_macs"],
+        "goals": {"within_1pt_of_single": mp["mean_accuracy"] >= single["mean_accuracy"] - 0.01,
+                  "40pct_fewer_params_than_single": 1 - mp["unique_params"] / single["unique_params"] >= 0.4,
+                  "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"]},
+        "config": asdict(cfg), "search_seconds": {k: v["seconds"] for k, v in found.items()}}
+    print({k: (v["mean_accuracy"], v["unique_params"]) for k, v in results.items()})
+    write_result("multipath", figures)
+
+
+if __name__ == "__main__":
+    main()
