@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "pooling_bench"))
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
+    ap.add_argument("--result-name", default="pooling_mixture")
+    ap.add_argument("--standalone-note", default="", help="where the standalone ground truth was trained")
     a = ap.parse_args()
     space = PlacementSpace(base_width=a.base_width)
     space_kw = asdict(space)
@@ -60,15 +63,16 @@ def main() -> None:
                 append_jsonl(gt_path, [ray.get(ready[0])])
     else:
         for p in todo:
-            append_jsonl(gt_path, [standalone_task(space_kw, p, a.data, a.standalone_epochs, 0, a.subset)])
+            append_jsonl(gt_path, [standalone_task(space_kw, p, a.data, a.standalone_epochs, 0, a.subset,
+                                                   device=a.device)])
     standalone_wall = time.time() - t0
     gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
 
     results = {}
     for M in [int(m) for m in a.models.split(",")]:
-        data = load_data(a.data, seed=0, subset=a.subset)
+        data = load_data(a.data, seed=0, subset=a.subset, device=a.device)
         t1 = time.time()
-        res = train_mixture(space, data, MixtureConfig(models=M, epochs=a.mixture_epochs), quiet=False)
+        res = train_mixture(space, data, MixtureConfig(models=M, epochs=a.mixture_epochs), device=a.device, quiet=True)
         ranking = score_placements(space, res, data)
         ranking["standalone_accuracy"] = ranking["placement"].map(gt)
         ranking.to_csv(f"{a.out}/ranking_M{M}.csv", index=False)
@@ -80,17 +84,21 @@ def main() -> None:
         print(M, results[f"M{M}"])
     default = space.name(space.default())
     best_name = max(gt, key=gt.get)
-    figures = {"space": {**space_kw, "placements": len(space.placements), "narrowed": "widths 8/16/32 (ResNet20: 16/32/64)"},
+    import torch
+
+    figures = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
+               "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
                "recipe": {"standalone_epochs": a.standalone_epochs, "mixture_epochs": a.mixture_epochs,
-                          "train_images": 15000 if not a.subset else a.subset, "val_images": 5000},
+                          "data": a.data, "subset": a.subset},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
-               "standalone_accuracy": gt, "standalone_wall_time_s": standalone_wall, **results,
+               "standalone_accuracy": gt, "standalone_wall_time_s": standalone_wall,
+               "standalone_note": a.standalone_note, **results,
                "goals": {"M4_tau_above_M1": results.get("M4", {}).get("kendall_tau", 0) > results.get("M1", {}).get("kendall_tau", 1),
                          "M4_tau_at_least_0.6": results.get("M4", {}).get("kendall_tau", 0) >= 0.6,
                          "chosen_beats_default": results.get("M4", {}).get("chosen_standalone_accuracy", 0) > gt[default]},
                "paper": PAPER}
-    write_result("pooling_mixture", figures)
+    write_result(a.result_name, figures)
 
 
 if __name__ == "__main__":

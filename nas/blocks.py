@@ -4,8 +4,8 @@ A whole network is ``timm.models.mobilenetv3.MobileNetV3`` applied to ``arch.to_
 a single layer, the stem and the head are built from the same timm pieces, so that the parts a latency
 table times, or that distillation trains, are exactly the layers of the whole network.
 
-MACs and parameter counts come in closed form (checked against the built modules in the tests), so a
-space's cost grids are tabulated in milliseconds.
+MACs and parameter counts come in closed form in :mod:`nas.cost` (torch-free; checked against these
+modules in the tests).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from timm.layers import SelectAdaptivePool2d, create_conv2d, get_act_layer, get_norm_act_layer, make_divisible
+from timm.layers import SelectAdaptivePool2d, create_conv2d, get_act_layer, get_norm_act_layer
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def, round_channels
 from timm.models.mobilenetv3 import MobileNetV3
@@ -94,49 +94,6 @@ def build_head(frame: Frame, cin: int) -> nn.Sequential:
         act(inplace=True), nn.Flatten(1), nn.Linear(frame.head_features, frame.num_classes))
 
 
-# ---------------------------------------------------------------------- closed-form costs
-def _conv_out(h: int, stride: int) -> int:
-    return (h - 1) // stride + 1
-
-
-def ir_layer_cost(cin: int, cout: int, hin: int, stride: int, kernel: int, expansion: float,
-                  se: bool) -> tuple[int, int]:
-    """(MACs, params) of one timm InvertedResidual block with batch norm and optional SE."""
-    mid = make_divisible(cin * expansion)
-    hout = _conv_out(hin, stride)
-    macs = hin * hin * cin * mid + hout * hout * mid * kernel * kernel + hout * hout * mid * cout
-    params = cin * mid + mid * kernel * kernel + mid * cout + 2 * (mid + mid + cout)
-    if se:
-        rd = round_channels(mid * 0.25)
-        macs += 2 * mid * rd
-        params += 2 * mid * rd + rd + mid
-    return macs, params
-
-
-def stage_cost(option: StageOption) -> tuple[int, int]:
-    """(MACs, params) of a whole stage option: its first (strided) block plus ``depth - 1`` repeats."""
-    m0, p0 = ir_layer_cost(option.cin, option.cout, option.hin, option.stride, option.kernel,
-                           option.expansion, option.se)
-    m1, p1 = ir_layer_cost(option.cout, option.cout, option.hout, 1, option.kernel, option.expansion, option.se)
-    return m0 + (option.depth - 1) * m1, p0 + (option.depth - 1) * p1
-
-
-def stem_cost(frame: Frame) -> tuple[int, int]:
-    hs = _conv_out(frame.input_size, frame.stem_stride)
-    h1 = _conv_out(hs, frame.first_stride)
-    c0, c1, k = frame.stem_channels, frame.first_channels, frame.first_kernel
-    macs = hs * hs * frame.in_chans * c0 * 9 + h1 * h1 * c0 * k * k + h1 * h1 * c0 * c1
-    params = frame.in_chans * c0 * 9 + 2 * c0 + c0 * k * k + 2 * c0 + c0 * c1 + 2 * c1
-    return macs, params
-
-
-def head_cost(frame: Frame, cin: int, resolution: int) -> tuple[int, int]:
-    hc, nf, nc = frame.head_channels, frame.head_features, frame.num_classes
-    macs = resolution * resolution * cin * hc + hc * nf + nf * nc
-    params = cin * hc + 2 * hc + hc * nf + nf + nf * nc + nc
-    return macs, params
-
-
 def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs of convolutions and linear layers, counted by running ``module`` once (a check, not the hot path)."""
     total = 0
@@ -164,17 +121,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def stage_choice_option(arch: Arch, stage: int) -> StageOption:
-    """The :class:`StageOption` (with its input shape) that ``arch`` uses at ``stage``."""
-    f = arch.frame
-    h = _conv_out(_conv_out(f.input_size, f.stem_stride), f.first_stride)
-    cin = f.first_channels
-    for i, sc in enumerate(arch.stages):
-        if i == stage:
-            return StageOption(i, cin, h, sc.stride, sc.depth, sc.kernel, sc.expansion, sc.channels, sc.se, sc.act)
-        h, cin = _conv_out(h, sc.stride), sc.channels
-    raise IndexError(stage)
-
+from .cost import head_cost, ir_layer_cost, stage_choice_option, stage_cost, stem_cost  # noqa: E402  (re-exported)
 
 __all__ = ["build_model", "build_stage", "build_stem", "build_head", "build_blocks", "timm_recipe",
            "timm_kwargs", "stage_cost", "stem_cost", "head_cost", "ir_layer_cost", "count_macs",

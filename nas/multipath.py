@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import build_head, build_stage, build_stem, head_cost, stage_choice_option, stage_cost, stem_cost
+from .blocks import build_head, build_stage, build_stem
+from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
 from .errors import UserError
 from .io import write_json
 from .objectives import Objective

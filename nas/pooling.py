@@ -189,8 +189,7 @@ def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str =
             loss.backward()
             opt.step()
             xv, yv = next(val)
-            model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), batch_stat_eval(model):
                 acc = (model(xv, placements[i]).argmax(1) == yv).float().mean().item()
             W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
             bar.advance(task)
@@ -198,12 +197,16 @@ def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str =
 
 
 @torch.no_grad()
-def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None) -> pd.DataFrame:
-    """Every placement evaluated (full validation split) on the model it is assigned to most strongly."""
+def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None,
+                     recal_batches: int = 20) -> pd.DataFrame:
+    """Every placement evaluated (full validation split) on the model it is assigned to most strongly,
+    after re-estimating that model's BN statistics for the placement."""
+    recal = [x for _, (x, _) in zip(range(recal_batches), data.train)]
     rows = []
     for i, p in enumerate(space.placements):
         k = int(np.argmax(result["P"][i]))
-        model = result["models"][k].eval()
+        model = result["models"][k]
+        recalibrate_bn(model, p, recal)
         correct = total = 0
         for b, (x, y) in enumerate(data.val):
             if max_batches is not None and b >= max_batches:
@@ -216,7 +219,7 @@ def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_ba
 
 
 def train_standalone(space: PlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,
-                     seed: int = 0) -> float:
+                     seed: int = 0, device: str = "cpu") -> float:
     """One placement trained on its own (the same short recipe for all); test top-1."""
     from .train import TrainConfig, evaluate, train_model
 
@@ -225,7 +228,7 @@ def train_standalone(space: PlacementSpace, placement: tuple[int, ...], data, ep
     model = _Fixed(net, placement)
     data.train.reseed(seed)
     train_model(model, data.train, TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0.2, label_smoothing=0.0,
-                                               seed=seed))
+                                               seed=seed), device=device)
     return evaluate(model, data.test)
 
 
@@ -239,21 +242,63 @@ class _Fixed(nn.Module):
 
 
 def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, epochs: float, seed: int,
-                    subset: Optional[int], threads: Optional[int] = None) -> dict[str, Any]:
+                    subset: Optional[int], threads: Optional[int] = None, device: str = "cpu") -> dict[str, Any]:
     from .data import load_data
 
     if threads:
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
-    data = load_data(data_path, seed=0, subset=subset)
+    data = load_data(data_path, seed=0, subset=subset, device=device)
     t0 = time.time()
-    acc = train_standalone(space, tuple(placement), data, epochs, seed=seed)
+    acc = train_standalone(space, tuple(placement), data, epochs, seed=seed, device=device)
     return {"placement": space.name(tuple(placement)), "standalone_accuracy": acc, "seconds": time.time() - t0}
 
 
 def _cycle(loader):
     while True:
         yield from loader
+
+
+class batch_stat_eval:
+    """Evaluate with each batch's own BN statistics, leaving running statistics untouched.
+
+    Weight-shared supernets must not judge a placement with running statistics that every other
+    placement (other widths, other resolutions) has been writing into.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model, self.saved = model, []
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        for m in self.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                self.saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+                m.momentum = 0.0
+        self.model.train()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, mom, tracked in self.saved:
+            m.momentum = mom
+            m.num_batches_tracked.copy_(tracked)
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, placement: tuple[int, ...], batches: list[torch.Tensor]) -> None:
+    """Re-estimate BN running statistics for one placement (cumulative average over ``batches``)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        model(x, placement)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
 def run_mixture(space: PlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,

@@ -66,9 +66,15 @@ def evaluate(model: nn.Module, loader, max_batches: Optional[int] = None) -> flo
 
 def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optional[nn.Module] = None,
                 checkpoint: Optional[str | os.PathLike] = None, desc: str = "train", quiet: bool = True,
-                val_loader=None) -> dict[str, Any]:
-    """Train ``model`` in place; resumable from ``checkpoint`` (written at every epoch end)."""
+                val_loader=None, device: Optional[str] = None) -> dict[str, Any]:
+    """Train ``model`` in place; resumable from ``checkpoint`` (written at every epoch end).
+
+    ``device``: where the model (and teacher) live; the loaders must yield batches there too."""
     torch.manual_seed(cfg.seed)
+    if device is not None:
+        model.to(device)
+        if teacher is not None:
+            teacher.to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = len(train_loader)
@@ -77,13 +83,13 @@ def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optio
     step, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt, map_location=device or "cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
         if hasattr(train_loader, "load_state_dict"):
             train_loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
     if teacher is not None:
         teacher.eval()
     t0 = time.time()

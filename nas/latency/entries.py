@@ -12,14 +12,15 @@ Both add the stem (with the fixed first block) and the head (for each width of t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from torch import nn
 
-from ..blocks import build_head, build_stage, build_stem
 from ..cost import AdditiveCost
 from ..space import SearchSpace, StageOption
+
+if TYPE_CHECKING:  # building modules needs torch; looking latencies up does not
+    from torch import nn
 
 GRANULARITIES = ("layer", "stage")
 KEY_COLUMNS = ("kind", "stage", "cin", "hin", "stride", "depth", "kernel", "expansion", "cout", "se", "act")
@@ -62,7 +63,9 @@ class Entry:
         return StageOption(self.stage, self.cin, self.hin, self.stride, self.depth, self.kernel, self.expansion,
                            self.cout, self.se, self.act)
 
-    def build(self, space: SearchSpace) -> nn.Module:
+    def build(self, space: SearchSpace) -> "nn.Module":
+        from ..blocks import build_head, build_stage, build_stem
+
         if self.kind == "stem":
             return build_stem(space.frame)
         if self.kind == "head":

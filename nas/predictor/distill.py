@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..blocks import stage_cost
+from ..cost import stage_cost
 from ..errors import UserError
 from ..io import write_csv, write_json
 from ..progress import progress_bar
