@@ -185,7 +185,26 @@ _HEAD_KEYS = {"channels", "features", "act"}
 _STAGE_KEYS = {"name", "base_width", "stride"} | set(STAGE_DECISIONS)
 
 
-class SearchSpace:
+class EncodedSpace:
+    """What every space encoded as integer vectors shares: ``decisions`` and ``n_choices`` set by subclasses."""
+
+    decisions: tuple["Decision", ...]
+    n_choices: np.ndarray
+
+    @property
+    def D(self) -> int:
+        return len(self.decisions)
+
+    @property
+    def decision_names(self) -> list[str]:
+        return [d.name for d in self.decisions]
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` architectures drawn uniformly, as an int64 matrix of shape ``(n, D)``."""
+        return np.floor(rng.random((n, self.D)) * self.n_choices).astype(np.int64)
+
+
+class SearchSpace(EncodedSpace):
     """A MobileNetV3-like search space loaded from YAML.
 
     Columns of the integer encoding: for each stage ``s<i>.depth``, ``.kernel``, ``.expansion``,
@@ -216,14 +235,6 @@ class SearchSpace:
         return _parse_space(cfg, source)
 
     @property
-    def D(self) -> int:
-        return len(self.decisions)
-
-    @property
-    def decision_names(self) -> list[str]:
-        return [d.name for d in self.decisions]
-
-    @property
     def cardinality(self) -> int:
         return math.prod(int(n) for n in self.n_choices)
 
@@ -231,10 +242,6 @@ class SearchSpace:
         return f"SearchSpace({self.name!r}, stages={len(self.stages)}, D={self.D}, size={self.cardinality:.3e})"
 
     # ------------------------------------------------------------------ encoding
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` architectures drawn uniformly, as an int64 matrix of shape ``(n, D)``."""
-        return np.floor(rng.random((n, self.D)) * self.n_choices).astype(np.int64)
-
     def largest(self) -> np.ndarray:
         """The encoding of the largest network: every numeric choice at its maximum, SE on, last activation."""
         vec = []

@@ -16,10 +16,10 @@ import pandas as pd
 from .errors import UserError
 from .io import read_csv
 from .objectives import Constraint, Objective
-from .space import Decision, uniform_crossover, uniform_mutation
+from .space import Decision, EncodedSpace, uniform_crossover, uniform_mutation
 
 
-class TabularSpace:
+class TabularSpace(EncodedSpace):
     """The decision part of a tabular benchmark, with the same encoding interface as :class:`SearchSpace`."""
 
     def __init__(self, frame: pd.DataFrame, decision_cols: list[str], source: str = "<frame>"):
@@ -51,19 +51,8 @@ class TabularSpace:
         return cls(read_csv(path, "tabular space"), decisions, str(path))
 
     @property
-    def D(self) -> int:
-        return len(self.decisions)
-
-    @property
-    def decision_names(self) -> list[str]:
-        return [d.name for d in self.decisions]
-
-    @property
     def cardinality(self) -> int:
         return len(self.frame)
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.floor(rng.random((n, self.D)) * self.n_choices).astype(np.int64)
 
     def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float) -> np.ndarray:
         return uniform_mutation(rng, np.asarray(pop, dtype=np.int64), self.n_choices, p)
