@@ -29,7 +29,7 @@ from nas.predictor.distill import DistillConfig, distill_stage
 from nas.predictor.fit import fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
 from nas.predictor.pipeline import PipelineConfig, run_pipeline
-from nas.predictor.sample import run_samples, stratified_sample
+from nas.predictor.sample import recipe_id, run_samples, stratified_sample
 from nas.space import SearchSpace
 from nas.train import TrainConfig
 
@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--heldout", type=int, default=20)
     ap.add_argument("--teacher-epochs", type=float, default=15)
-    ap.add_argument("--finetune-epochs", type=float, default=1.0)
+    ap.add_argument("--finetune-epochs", type=float, default=2.0)
+    ap.add_argument("--finetune-lr", type=float, default=0.05)
     ap.add_argument("--distill-steps", type=int, default=800)
     ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison")
     ap.add_argument("--workers", type=int, default=0)
@@ -62,7 +63,7 @@ def main() -> None:
     out = Path(a.out)
     cfg = PipelineConfig(teacher=TrainConfig(epochs=a.teacher_epochs, lr=0.1),
                          distill=DistillConfig(steps=a.distill_steps),
-                         finetune=TrainConfig(epochs=a.finetune_epochs, lr=0.02, warmup_epochs=0.1),
+                         finetune=TrainConfig(epochs=a.finetune_epochs, lr=a.finetune_lr, warmup_epochs=0.1),
                          samples=a.samples, subset=a.subset)
     pred = run_pipeline(space, a.data, out, cfg, workers=a.workers)
     log = read_json(out / "pipeline.json")
@@ -81,7 +82,9 @@ def main() -> None:
     heldout_wall = time.time() - t0
     acc = (accs[0] + accs[1]) / 2
 
-    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))}
+    recipe = recipe_id(cfg.finetune)
+    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))
+             if r.get("recipe") == recipe and r["seed"] == cfg.finetune.seed}
     fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
     predicted = pred.predict(held)
     macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]

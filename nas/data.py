@@ -66,17 +66,28 @@ class TensorLoader:
         return torch.Generator().manual_seed(key)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.x)
-        order = torch.randperm(n, generator=self._gen(self.epoch)) if self.train else torch.arange(n)
+        """Training: continues the current epoch from ``position``. Evaluation: always every batch, in order."""
+        if not self.train:
+            for i in range(len(self)):
+                yield self.batch(i)
+            return
         for i in range(self.position, len(self)):
             self.position = i + 1
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            if self.train:
-                xb = self._augment(xb, self._gen(self.epoch, i + 1))
-            xb = ((xb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[idx].to(self.device, non_blocking=True)
+            yield self.batch(i)
         self.epoch, self.position = self.epoch + 1, 0
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i`` of the current epoch (random access; training batches are augmented)."""
+        if self.train:
+            order = torch.randperm(len(self.x), generator=self._gen(self.epoch))
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        else:
+            idx = torch.arange(i * self.batch_size, min(len(self.x), (i + 1) * self.batch_size))
+        xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if self.train:
+            xb = self._augment(xb, self._gen(self.epoch, i + 1))
+        xb = ((xb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return xb, self.y[idx].to(self.device, non_blocking=True)
 
     def _augment(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, _, h, w = xb.shape

@@ -217,6 +217,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     prio = Prioritiser(domains, cfg.prioritise, cfg.temperature, cfg.floor, seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     step, seconds = 0, 0.0
+    val_index = {d: 0 for d in domains}  # which held-out batch each domain's next reward uses
     ckpt = out / "search.ckpt"
     if ckpt.exists():
         st = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -227,15 +228,16 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
         for d in domains:
             controllers[d].load_state_dict(extra["controllers"][d])
             data[d].train.load_state_dict(extra["loaders"][d])
-            data[d].val.load_state_dict(extra["val_loaders"][d])
+        val_index = dict(extra["val_index"])
         prio.load_state_dict(extra["prio"])
         rng.bit_generator.state = extra["rng"]
     iters = {d: _cycle(data[d].train) for d in domains}
-    vals = {d: _cycle(data[d].val) for d in domains}
 
     @torch.no_grad()
     def reward(domain: str, pop: np.ndarray) -> np.ndarray:
-        x, y = next(vals[domain])
+        val = data[domain].val
+        x, y = val.batch(val_index[domain] % len(val))
+        val_index[domain] += 1
         net.eval()
         accs = [(net(x, a, domain).argmax(1) == y).float().mean().item() for a in space.decode_many(pop)]
         net.train()
@@ -269,12 +271,10 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                 extra = {"step": step, "seconds": seconds + time.time() - t0, "prio": prio.state_dict(),
                          "rng": rng.bit_generator.state,
                          "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
-                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains},
-                         "val_loaders": {d_: data[d_].val.state_dict() for d_ in domains}}
+                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index}
                 _atomic_torch_save(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(),
                                           "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
-                vals = {d_: _cycle(data[d_].val) for d_ in domains}
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
     torch.save(net.state_dict(), out / "supernet.pt")
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),

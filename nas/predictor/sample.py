@@ -93,7 +93,17 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     init_top1 = evaluate(net, data.val, max_batches=2)
     train_model(net, data.train, cfg, teacher=teacher)
     return {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "init_val_top1_2batches": init_top1,
-            "seed": cfg.seed, "seconds": time.time() - t0, "config": asdict(cfg), "init": init}
+            "seed": cfg.seed, "recipe": recipe_id(cfg, init), "seconds": time.time() - t0, "config": asdict(cfg),
+            "init": init}
+
+
+def recipe_id(cfg: TrainConfig, init: str = "blocks") -> str:
+    """Identifies a fine-tuning recipe (seed excluded): results of another recipe are never mixed in."""
+    import hashlib
+    import json
+
+    blob = json.dumps({**asdict(cfg), "seed": None, "init": init}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
@@ -103,10 +113,11 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
     """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL); Ray tasks when ``workers > 0``."""
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    key = lambda r: (r["arch_id"], r["seed"])  # noqa: E731
-    done = {key(r) for r in load_jsonl(str(results))}
+    recipe = recipe_id(cfg)
+    mine = lambda r: r.get("recipe") == recipe and r["seed"] == cfg.seed  # noqa: E731
+    done = {r["arch_id"] for r in load_jsonl(str(results)) if mine(r)}
     ids = [a.id for a in space.decode_many(pop)]
-    todo = [i for i in ids if (i, cfg.seed) not in done]
+    todo = [i for i in ids if i not in done]
     args = (str(space.source),)
     tail = (str(teacher_dir), str(blocks_dir), str(data_path), cfg, subset)
     with progress_bar(quiet) as bar:
@@ -128,11 +139,4 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
                 append_jsonl(str(results), [finetune_arch(*args, i, *tail)])
                 bar.advance(task)
     wanted = set(ids)
-    return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and r["seed"] == cfg.seed]
-
-
-def results_frame(records: list[dict[str, Any]], space: SearchSpace):
-    import pandas as pd
-
-    frame = pd.DataFrame([{k: r[k] for k in ("arch_id", "val_top1", "seed", "seconds")} for r in records])
-    return frame.drop_duplicates(["arch_id", "seed"], keep="last").reset_index(drop=True)
+    return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and mine(r)]
