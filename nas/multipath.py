@@ -2,7 +2,8 @@
 
 One supernet serves several domains. Each domain takes its own path (one option per stage) chosen by its
 own REINFORCE controller (the search's ``rl`` controller, reused); nodes that several domains choose are
-shared, the others domain-specific. The stem is shared; each domain has its own head.
+shared, the others domain-specific. The stem is shared; the head's convolutions are a fixed node (shared by
+domains whose last stage has the same width); each domain has its own classifier.
 
 Search: every step picks a domain (see :class:`Prioritiser`), samples that domain's path (uniformly during a
 warm-up, as TuNAS, then from its controller), and trains the supernet on one batch of that domain along
@@ -109,14 +110,14 @@ class MultiPathSupernet(nn.Module):
         self.stem = build_stem(f)
         self.stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
                                      for s, st in enumerate(space.stages)])
-        self.heads = nn.ModuleDict({d: ElasticHead(max(space.head_cins), f.head_channels, f.head_features, n,
-                                                   f.head_act) for d, n in num_classes.items()})
+        self.head = ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
+        self.classifiers = nn.ModuleDict({d: nn.Linear(f.head_features, n) for d, n in num_classes.items()})
 
     def forward(self, x: torch.Tensor, arch: Arch, domain: str) -> torch.Tensor:
         h = self.stem(x)
         for stage, sc in zip(self.stages, arch.stages):
             h = stage(h, choices(sc))
-        return self.heads[domain](h)
+        return self.classifiers[domain](self.head(h))
 
 
 class Prioritiser:
@@ -308,7 +309,8 @@ def node_map(space: SearchSpace, paths: dict[str, Arch]) -> dict[str, list[str]]
 
 
 def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int]) -> dict[str, int]:
-    """Parameters and MACs of the joint model, each shared node counted once (stem shared, heads per domain)."""
+    """Parameters and MACs of the joint model, each shared node counted once: the stem, every distinct stage
+    node, every distinct head (by input width), and one classifier per domain."""
     m, p = stem_cost(space.frame)
     seen = set()
     for arch in paths.values():
@@ -318,10 +320,13 @@ def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[s
                 seen.add(k)
                 mm, pp = stage_cost(stage_choice_option(arch, s))
                 m, p = m + mm, p + pp
-    for d, arch in paths.items():
-        frame = _frame_for(space, num_classes[d])
-        mm, pp = head_cost(frame, arch.stages[-1].channels, space.final_resolution)
+    trunk = _frame_for(space, 0)
+    for cin in {arch.stages[-1].channels for arch in paths.values()}:
+        mm, pp = head_cost(trunk, cin, space.final_resolution)
         m, p = m + mm, p + pp
+    nf = space.frame.head_features
+    for d in paths:
+        m, p = m + nf * num_classes[d], p + nf * num_classes[d] + num_classes[d]
     return {"unique_params": int(p), "unique_macs": int(m), "nodes": len(seen)}
 
 
@@ -349,18 +354,26 @@ class JointModel(nn.Module):
                     self.nodes[safe] = build_stage(stage_choice_option(arch, s), space.frame.stem_act)
                 keys.append(safe)
             self.route[d] = keys
-        self.heads = nn.ModuleDict({d: build_head(_frame_for(space, num_classes[d]), arch.stages[-1].channels)
-                                    for d, arch in paths.items()})
+        self.heads = nn.ModuleDict()  # head convolutions, one per distinct input width
+        for arch in paths.values():
+            key = f"head_{arch.stages[-1].channels}"
+            if key not in self.heads:
+                self.heads[key] = build_head(space.frame, arch.stages[-1].channels)[:-1]
+        self.classifiers = nn.ModuleDict({d: nn.Linear(space.frame.head_features, num_classes[d]) for d in paths})
+
+    def head_key(self, domain: str) -> str:
+        return f"head_{self.paths[domain].stages[-1].channels}"
 
     def forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         h = self.stem(x)
         for k in self.route[domain]:
             h = self.nodes[k](h)
-        return self.heads[domain](h)
+        return self.classifiers[domain](self.heads[self.head_key(domain)](h))
 
     def domain_module(self, domain: str) -> nn.Module:
         """The standalone network of one domain (shares modules with the joint model): for ONNX export."""
-        return nn.Sequential(self.stem, *[self.nodes[k] for k in self.route[domain]], self.heads[domain])
+        return nn.Sequential(self.stem, *[self.nodes[k] for k in self.route[domain]],
+                             self.heads[self.head_key(domain)], self.classifiers[domain])
 
     def load_from_supernet(self, net: MultiPathSupernet) -> None:
         with torch.no_grad():
@@ -369,7 +382,8 @@ class JointModel(nn.Module):
                 for s, k in enumerate(self.route[d]):
                     o = stage_choice_option(arch, s)
                     self.nodes[k].load_state_dict(net.stages[s].export_option(choices(arch.stages[s]), o.cin))
-                self.heads[d].load_state_dict(net.heads[d].export(arch.stages[-1].channels))
+                self.heads[self.head_key(d)].load_state_dict(net.head.export(arch.stages[-1].channels))
+                self.classifiers[d].load_state_dict(net.classifiers[d].state_dict())
 
 
 def _safe(key: str) -> str:

@@ -157,28 +157,26 @@ class ElasticStage(nn.Module):
 
 
 class ElasticHead(nn.Module):
-    """MobileNetV3 head whose first 1x1 conv takes any number of input channels up to ``cin_max``."""
+    """MobileNetV3 head (up to the classifier) whose first 1x1 conv takes up to ``cin_max`` input channels."""
 
-    def __init__(self, cin_max: int, head_channels: int, features: int, num_classes: int, act: str):
+    def __init__(self, cin_max: int, head_channels: int, features: int, act: str):
         super().__init__()
         self.act = act
         self.conv = nn.Conv2d(cin_max, head_channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(head_channels)
         self.conv_head = nn.Conv2d(head_channels, features, 1, bias=True)
-        self.classifier = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (the classifier is separate: one per domain in multi-path NAS)."""
         x = _act(self.bn1(F.conv2d(x, self.conv.weight[:, : x.shape[1]])), self.act)
-        x = _act(self.conv_head(x.mean((2, 3), keepdim=True)), self.act)
-        return self.classifier(x.flatten(1))
+        return _act(self.conv_head(x.mean((2, 3), keepdim=True)), self.act).flatten(1)
 
     def export(self, cin: int) -> dict[str, torch.Tensor]:
-        """State dict for :func:`nas.blocks.build_head` on ``cin`` input channels."""
+        """State dict of :func:`nas.blocks.build_head` on ``cin`` inputs, without the classifier."""
         out = {"0.0.conv.weight": self.conv.weight[:, :cin]}
         for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             out[f"0.0.bn1.{t}"] = getattr(self.bn1, t)
-        out.update({"2.weight": self.conv_head.weight, "2.bias": self.conv_head.bias,
-                    "5.weight": self.classifier.weight, "5.bias": self.classifier.bias})
+        out.update({"2.weight": self.conv_head.weight, "2.bias": self.conv_head.bias})
         return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 

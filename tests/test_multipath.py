@@ -112,3 +112,25 @@ def test_bad_domains(mini_space, synthetic_npz):  # noqa: F811
     with pytest.raises(UserError, match="declares 100 classes, the data has 10"):
         load_domains(specs, mini_space, 32, 0)
     assert parse_domains([f"x={synthetic_npz}:10", "fashion-mnist"])[0].num_classes == 10
+
+
+def test_joint_model_from_supernet_matches_supernet(mini_space):  # noqa: F811
+    from nas.multipath import MultiPathSupernet
+
+    torch.manual_seed(0)
+    net = MultiPathSupernet(mini_space, {"a": 10, "b": 7})
+    for m in net.modules():  # non-trivial BN statistics, so that slicing mistakes show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    vec = mini_space.sample(np.random.default_rng(4), 2)
+    paths = {"a": mini_space.decode(vec[0]), "b": mini_space.decode(vec[1])}
+    joint = JointModel(mini_space, paths, {"a": 10, "b": 7})
+    joint.load_from_supernet(net)
+    joint.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        for d, arch in paths.items():
+            torch.testing.assert_close(joint(x, d), net(x, arch, d), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(joint.domain_module(d)(x), net(x, arch, d), rtol=1e-4, atol=1e-5)
