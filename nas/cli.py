@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -56,7 +55,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- search
 @command("search")
 def cmd_search(a: argparse.Namespace) -> int:
-    from .report import evaluated_frame, pareto_frame, print_summary, write_outputs
+    from .report import print_summary, write_outputs
     from .search.run import SearchConfig, default_out, default_objectives, run_search
 
     objectives = a.objectives.split(",") if a.objectives else default_objectives(a.space, a.table, a.predictor)

@@ -107,11 +107,6 @@ class AdditiveCost:
             grids.append(g)
         return cls(space, fixed, grids, np.array([head_fn(c) for c in space.head_cins], dtype=np.float64))
 
-    def stage_terms(self, pop: np.ndarray) -> np.ndarray:
-        """Per-stage costs, shape ``(n, S)``."""
-        ctx, opt, _ = self.space.grid_index(pop)
-        return self._flat[self._offsets + ctx * self._n_opt + opt]
-
     def __call__(self, pop: np.ndarray) -> np.ndarray:
         ctx, opt, head_ctx = self.space.grid_index(pop)
         return self._flat[self._offsets + ctx * self._n_opt + opt].sum(axis=1) + self.head[head_ctx] + self.fixed

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -121,6 +120,3 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(path, "checkpoint is not a state_dict", "save model.state_dict()")
     return obj
 
-
-def arch_json_text(arch: Arch) -> str:
-    return json.dumps(arch.to_json(), indent=2)

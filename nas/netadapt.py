@@ -329,14 +329,3 @@ def plot_trajectory(frame: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def uniform_width(space: SearchSpace, arch: Arch, table: LatencyTable, budget_ms: float) -> Optional[Arch]:
-    """The widest uniform scaling of ``arch`` (every stage at the same width-choice index) within the budget."""
-    vec = space.encode(arch)
-    for idx in range(max(len(st.width) for st in space.stages) - 1, -1, -1):
-        w = vec.copy()
-        for s, st in enumerate(space.stages):
-            w[6 * s + 3] = min(idx, len(st.width) - 1)
-        if table.predict(w[None])[0] <= budget_ms:
-            return space.decode(w)
-    return None

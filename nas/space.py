@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -530,7 +530,7 @@ def _parse_stage(i: int, raw: Any, defaults: dict, divisor: int, source: str) ->
     for d in STAGE_DECISIONS:
         vals = merged.get(d)
         if vals is None:
-            raise UserError(source, f"{where}{d} is missing", f"give it in the stage or under defaults")
+            raise UserError(source, f"{where}{d} is missing", "give it in the stage or under defaults")
         vals = vals if isinstance(vals, list) else [vals]
         if not vals:
             raise UserError(source, f"{where}{d} has an empty choice list", "give at least one choice")

@@ -72,13 +72,6 @@ class TabularSpace(EncodedSpace):
     def decode(self, vec: np.ndarray) -> dict[str, Any]:
         return {d.name: d.choices[v] for d, v in zip(self.decisions, vec)}
 
-    def all_rows_encoded(self) -> np.ndarray:
-        """The whole table as an integer population (exhaustive evaluation, for reference fronts)."""
-        codes = np.stack([pd.Categorical(self.frame[d.name], categories=list(d.choices)).codes
-                          for d in self.decisions], axis=1)
-        return codes.astype(np.int64)
-
-
 class TabularEvaluator:
     """Looks up objective columns; combinations missing from the table come back as NaN (infeasible)."""
 

@@ -12,7 +12,6 @@ from nas.multipath import (DomainSpec, JointModel, MultipathConfig, Prioritiser,
                            make_controllers, most_likely, node_map, parse_domains, search_paths, unique_costs)
 
 from conftest import ROOT
-from test_predictor import MINI, mini_space, synthetic_npz  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def second_npz(tmp_path_factory):
     return path
 
 
-def test_controllers_learn_different_paths_for_different_rewards(mini_space):  # noqa: F811
+def test_controllers_learn_different_paths_for_different_rewards(mini_space):
     cfg = MultipathConfig(controller_lr=0.2)
     ctl = make_controllers(mini_space, ["a", "b"], cfg)
     kcols = [6 * s + 1 for s in range(len(mini_space.stages))]
@@ -52,7 +51,7 @@ def test_controllers_learn_different_paths_for_different_rewards(mini_space):  #
     assert (ka == 0).all() and (kb == 1).all()
 
 
-def test_shared_nodes_are_counted_once(mini_space):  # noqa: F811
+def test_shared_nodes_are_counted_once(mini_space):
     vec = mini_space.sample(np.random.default_rng(0), 2)
     same = {"a": mini_space.decode(vec[0]), "b": mini_space.decode(vec[0])}
     classes = {"a": 10, "b": 10}
@@ -77,13 +76,12 @@ def test_prioritiser_favours_lagging_domain_and_round_robin_alternates():
     assert [rr.pick() for _ in range(4)] == ["a", "b", "a", "b"]
 
 
-def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_path):  # noqa: F811
+def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_path):
     specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("stripes", str(second_npz))]
     cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)
     full = search_paths(mini_space, load_domains(specs, mini_space, 32, 0), cfg, tmp_path / "a")
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from test_predictor import MINI; import yaml, pathlib\n"
-            "from nas.space import SearchSpace\nfrom nas.multipath import DomainSpec, MultipathConfig, load_domains, search_paths\n"
+                        "from nas.space import SearchSpace\nfrom nas.multipath import DomainSpec, MultipathConfig, load_domains, search_paths\n"
             "space = SearchSpace.load(%r)\n"
             "specs = [DomainSpec('blobs', %r), DomainSpec('stripes', %r)]\n"
             "cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)\n"
@@ -103,7 +101,7 @@ def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_pa
         torch.testing.assert_close(v, w, msg=k)
 
 
-def test_bad_domains(mini_space, synthetic_npz):  # noqa: F811
+def test_bad_domains(mini_space, synthetic_npz):
     with pytest.raises(UserError, match="unknown domain 'svhn'"):
         parse_domains(["cifar10", "svhn"])
     with pytest.raises(UserError, match="at least two domains"):
@@ -114,7 +112,7 @@ def test_bad_domains(mini_space, synthetic_npz):  # noqa: F811
     assert parse_domains([f"x={synthetic_npz}:10", "fashion-mnist"])[0].num_classes == 10
 
 
-def test_joint_model_from_supernet_matches_supernet(mini_space):  # noqa: F811
+def test_joint_model_from_supernet_matches_supernet(mini_space):
     from nas.multipath import MultiPathSupernet
 
     torch.manual_seed(0)

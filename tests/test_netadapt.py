@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -7,13 +6,12 @@ from nas.errors import UserError
 from nas.latency.profile import Protocol, profile
 from nas.netadapt import AdaptConfig, adapt, propose, shrink_weights
 
-from test_predictor import MINI, mini_space, synthetic_npz  # noqa: F401  (shared fixtures)
 
 FAST = Protocol(rounds=2, chunk=16, target_s=0.0003)
 
 
 @pytest.fixture(scope="module")
-def mini_table(mini_space, tmp_path_factory):  # noqa: F811
+def mini_table(mini_space, tmp_path_factory):
     return profile(mini_space, "cpu-ort-1t", out_root=tmp_path_factory.mktemp("t"), protocol=FAST, quiet=True)
 
 
@@ -21,7 +19,7 @@ def _largest(space):
     return space.decode(space.largest())
 
 
-def test_kept_channels_are_copied_exactly(mini_space):  # noqa: F811
+def test_kept_channels_are_copied_exactly(mini_space):
     a = _largest(mini_space)
     torch.manual_seed(0)
     src = build_model(a)
@@ -54,7 +52,7 @@ def test_kept_channels_are_copied_exactly(mini_space):  # noqa: F811
         assert dst(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_one_iteration_meets_its_target(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+def test_one_iteration_meets_its_target(mini_space, mini_table, synthetic_npz, tmp_path):
     a = _largest(mini_space)
     torch.manual_seed(0)
     model = build_model(a)
@@ -68,7 +66,7 @@ def test_one_iteration_meets_its_target(mini_space, mini_table, synthetic_npz, t
     assert props and all(p["meets_target"] for p in props)
 
 
-def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_path):
     from nas.export import load_network
 
     a = _largest(mini_space)
@@ -83,7 +81,7 @@ def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_p
         assert torch.equal(v, model2.state_dict()[k])
 
 
-def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_npz, tmp_path):  # noqa: F811
+def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_npz, tmp_path):
     a = _largest(mini_space)
     with pytest.raises(UserError, match="below the smallest shrink"):
         adapt(mini_space, build_model(a), a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ms=1e-6),

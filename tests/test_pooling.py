@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from nas.errors import UserError
 from nas.pooling import MixtureConfig, PlacementNet, PlacementSpace, assignment, sinkhorn, train_mixture
 
-from test_predictor import synthetic_npz  # noqa: F401
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -31,7 +30,7 @@ def test_sinkhorn_keeps_preferences():
     assert (P[:4, 0] > 0.9).all() and (P[4:, 1] > 0.9).all()
 
 
-def test_single_model_is_plain_supernet_training(synthetic_npz):  # noqa: F811
+def test_single_model_is_plain_supernet_training(synthetic_npz):
     from nas.data import load_data
 
     space = PlacementSpace(blocks=3, pools=1, base_width=4)

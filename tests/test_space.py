@@ -23,9 +23,9 @@ def test_shipped_spaces_have_expected_shape(cifar_space, imagenet_space):
     assert imagenet_space.placements == ((2, 2, 2, 1, 2),)
     assert imagenet_space.D == 30 and imagenet_space.cardinality == 324 ** 5
     assert cifar_space.frame.input_size == 32 and cifar_space.frame.num_classes == 10
-    for st in cifar_space.stages + imagenet_space.stages:  # width choices never collapse
-        assert len(set(st.channels)) == len(st.channels)
-        assert all(c % 4 == 0 for c in st.channels)
+    for stage in cifar_space.stages + imagenet_space.stages:  # width choices never collapse
+        assert len(set(stage.channels)) == len(stage.channels)
+        assert all(c % 4 == 0 for c in stage.channels)
 
 
 @settings(max_examples=60, deadline=None)
