@@ -134,7 +134,13 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         raise UserError(out / "samples.jsonl", f"{len(missing)} of {len(ids)} samples are missing",
                         "run nas predictor sample with the same --samples and --seed first")
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), {"dataset": a.dataset}, a.seed)
+    info = {"dataset": a.dataset}
+    if (out / "teacher.json").exists():
+        from .io import read_json
+
+        t = read_json(out / "teacher.json", "teacher report")
+        info["teacher"] = {k: t[k] for k in ("arch_id", "val_top1", "test_top1")}
+    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), info, a.seed)
     path = pred.save(a.predictor_out or out / "predictor.json")
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
           f" -> {path}")

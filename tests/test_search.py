@@ -164,3 +164,33 @@ def test_malformed_tabular_csv(tmp_path, capsys):
     assert main(["search", "--table", str(bad), "--decisions", "a,z", "--objectives", "acc:max",
                  "--out", str(tmp_path / "r2"), "--quiet"]) == 2
     assert "decision column(s) z" in capsys.readouterr().err
+
+
+def test_measure_flags_and_drops_members_that_break_the_constraint(tiny_space, tmp_path):
+    """--measure re-times the front here; members whose measured latency breaks the bound leave the front."""
+    import yaml
+
+    from conftest import TINY_SPACE
+    from nas.latency.profile import Protocol, profile
+
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump(TINY_SPACE))
+    profile(tiny_space, "cpu-ort-1t", out_root=tmp_path / "tables", protocol=Protocol(rounds=2, chunk=16,
+                                                                                     target_s=0.0003), quiet=True)
+    cfg = SearchConfig(space=str(space_file), objectives=["proxy_accuracy", "latency@cpu-ort-1t"], evaluations=40,
+                       population=8, tables_dir=str(tmp_path / "tables"))
+    res = run_search(cfg, out=tmp_path / "run", quiet=True)
+    lat = res.archive.values["latency@cpu-ort-1t"][res.front_mask()]
+    bound = float(np.median(lat))  # about half the front should break it once measured
+    cfg2 = SearchConfig(**{**cfg.to_json(), "constraints": [f"latency@cpu-ort-1t<={bound}"]})
+    res2 = run_search(cfg2, out=tmp_path / "run2", quiet=True)
+    run = write_outputs(res2, tmp_path / "run2", measure=True)
+    pareto = pd.read_csv(tmp_path / "run2" / "pareto.csv")
+    assert "measured_latency@cpu-ort-1t" in pareto.columns and "latency_error@cpu-ort-1t" in pareto.columns
+    assert (pareto["measured_latency@cpu-ort-1t"] > 0).all()
+    assert not pareto["breaks_constraint_measured"].any()
+    n_before = int(res2.front_mask().sum())
+    assert run["front_size"] + run["dropped_by_measurement"] == n_before
+    if run["dropped_by_measurement"]:
+        dropped = pd.read_csv(tmp_path / "run2" / "pareto_dropped.csv")
+        assert (dropped["measured_latency@cpu-ort-1t"] > bound).all()
