@@ -57,7 +57,8 @@ def test_distillation_lowers_nsr_and_resumes(mini_space, synthetic_npz, teacher_
 
 
 def test_network_from_blocks_is_the_chain_of_distilled_stages(mini_space, synthetic_npz, teacher_dir, tmp_path):
-    """With the teacher's widths, folding adapters into the next conv is exact."""
+    """Folding each stage's adapter into the next 1x1 conv is exact, at every width: stage s sees the first
+    `cin` channels of the (adapted) previous output, as it did during distillation."""
     from nas.predictor.distill import DistillConfig, load_stage_weights, recalibrate, run_distillation, teacher_features
     from nas.predictor.sample import build_from_blocks
     from nas.predictor.teacher import load_teacher
@@ -65,22 +66,25 @@ def test_network_from_blocks_is_the_chain_of_distilled_stages(mini_space, synthe
     run_distillation(mini_space, teacher_dir / "teacher", synthetic_npz, tmp_path,
                      DistillConfig(steps=5, score_images=64, batch_size=64), quiet=True)
     t_arch, teacher = load_teacher(teacher_dir / "teacher")
-    vec = mini_space.sample(np.random.default_rng(3), 1)[0]
-    vec[3::6] = 1  # every stage at the teacher's (largest) width
-    arch = mini_space.decode(vec)
     x = torch.randn(4, 3, 32, 32)
-    net = build_from_blocks(mini_space, arch, t_arch, teacher, tmp_path, [x]).eval()
-    with torch.no_grad():
-        h = teacher.blocks[0](teacher.bn1(teacher.conv_stem(x)))
-        for s, sc in enumerate(arch.stages):
-            st = load_stage_weights(mini_space, t_arch, s, tmp_path / f"stage{s}.safetensors")
-            c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels,
-                 "se": sc.se, "act": sc.act}
-            recalibrate(st, c, [teacher_features(teacher, x, s)[0]])
-            h = st(h, c)
-        want = teacher.classifier(teacher.flatten(teacher.act2(teacher.conv_head(teacher.global_pool(
-            teacher.blocks[-1](h))))))
-        torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
+    for seed in range(3):
+        vec = mini_space.sample(np.random.default_rng(seed), 1)[0]
+        vec[3] = seed % 2  # narrow and wide first stages both
+        arch = mini_space.decode(vec)
+        net = build_from_blocks(mini_space, arch, t_arch, teacher, tmp_path, [x]).eval()
+        with torch.no_grad():
+            h = teacher.blocks[0](teacher.bn1(teacher.conv_stem(x)))
+            cin = arch.frame.first_channels
+            for s, sc in enumerate(arch.stages):
+                st = load_stage_weights(mini_space, t_arch, s, tmp_path / f"stage{s}.safetensors")
+                c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels,
+                     "se": sc.se, "act": sc.act}
+                recalibrate(st, c, [teacher_features(teacher, x, s)[0][:, :cin]])
+                h = st(h[:, :cin], c)
+                cin = sc.channels
+            want = teacher.classifier(teacher.flatten(teacher.act2(teacher.conv_head(teacher.global_pool(
+                teacher.blocks[-1](h))))))
+            torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
 
 
 def _toy_predictor(space, seed=0):

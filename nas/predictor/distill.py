@@ -99,6 +99,7 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
         data.train.load_state_dict(st["loader"])
     big = largest_choices(space, stage)
     n_opt = space.stages[stage].n_options
+    cins = sorted(set(space.stage_cins[stage]))
     with progress_bar(quiet) as bar:
         task = bar.add_task(f"distill stage {stage + 1}", total=cfg.steps, completed=step)
         while step < cfg.steps:
@@ -110,12 +111,14 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
                 x_in, x_out = teacher_features(teacher, x, stage)
                 net.train()
                 if cfg.fixed_option is not None:
-                    picks = [space.option_choices(stage, cfg.fixed_option)]
+                    picks = [(space.option_choices(stage, cfg.fixed_option), x_in.shape[1])]
                 else:
-                    picks = [space.option_choices(stage, int(rng.integers(n_opt)))]
+                    # each option also learns every input width the previous stage can give it (the first
+                    # channels of the teacher's input), so that assembled networks use trained slices only
+                    picks = [(space.option_choices(stage, int(rng.integers(n_opt))), int(rng.choice(cins)))]
                     if cfg.sandwich:
-                        picks.insert(0, big)
-                loss = sum(nsr(net(x_in, c), x_out) for c in picks)
+                        picks.insert(0, (big, x_in.shape[1]))
+                loss = sum(nsr(net(x_in[:, :cin], c), x_out) for c, cin in picks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -59,8 +59,11 @@ def build_from_blocks(space: SearchSpace, arch: Arch, teacher_arch: Arch, teache
         stage_net = load_stage_weights(space, teacher_arch, s, Path(blocks_dir) / f"stage{s}.safetensors")
         c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
              "act": sc.act, "width": sc.width}
-        recalibrate(stage_net, c, [teacher_features(teacher, x, s)[0] for x in recal_images])
-        for k, v in stage_net.export_option(c, cin, prev_map).items():
+        recalibrate(stage_net, c, [teacher_features(teacher, x, s)[0][:, :cin] for x in recal_images])
+        # stage s learned on the first `cin` channels of the teacher's input; the previous stage's raw output
+        # reaches those channels through the first `cin` rows of its adapter: fold that square map in
+        fold = None if prev_map is None else prev_map[:cin, :]
+        for k, v in stage_net.export_option(c, cin, fold).items():
             sd[f"blocks.{s + 1}.{k}"] = v
         prev_map, cin = stage_net.adapter_matrix(sc.channels), sc.channels
     head = f"blocks.{len(arch.stages) + 1}.0."
