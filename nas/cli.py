@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("distill", help="blockwise distillation: train every stage option, write block quality")
     data_args(sp)
-    sp.add_argument("--steps", type=int, default=800, help="training steps per stage")
+    sp.add_argument("--steps", type=int, default=1000, help="training steps per stage")
 
     sp = sub.add_parser("predictor", help="fine-tune sampled architectures, or fit the predictor")
     sp.add_argument("action", choices=["sample", "fit"])
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
     data_args(sp, samples=True)
-    sp.add_argument("--steps", type=int, default=800, help="distillation steps per stage")
+    sp.add_argument("--steps", type=int, default=1000, help="distillation steps per stage")
     for prefix in ("teacher", "finetune"):
         sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
         sp.add_argument(f"--{prefix}-lr", type=float, default=None)

@@ -30,7 +30,7 @@ from ..supernet import ElasticStage, largest_choices, set_bn_recalibration
 
 @dataclass
 class DistillConfig:
-    steps: int = 800
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-3
     sandwich: bool = True
