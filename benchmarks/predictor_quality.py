@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=20)
     ap.add_argument("--teacher-epochs", type=float, default=15)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
-    ap.add_argument("--finetune-lr", type=float, default=0.05)
+    ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison")
     ap.add_argument("--workers", type=int, default=0)

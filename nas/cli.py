@@ -118,14 +118,14 @@ def cmd_predictor(a: argparse.Namespace) -> int:
     pop = stratified_sample(space, a.samples, a.seed)
     if a.action == "sample":
         recs = run_samples(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl",
-                           _train_cfg(a, "finetune", epochs=2.0, lr=0.05, warmup_epochs=0.1), a.workers,
+                           _train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1), a.workers,
                            a.ray_address, a.subset, a.quiet)
         print(f"{len(recs)} fine-tuned samples in {out}/samples.jsonl")
         return 0
     from .latency.engine import load_jsonl
     from .predictor.sample import recipe_id
 
-    recipe = recipe_id(_train_cfg(a, "finetune", epochs=2.0, lr=0.05, warmup_epochs=0.1))
+    recipe = recipe_id(_train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1))
     by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))
              if r.get("recipe") == recipe and r["seed"] == a.seed}
     ids = [x.id for x in space.decode_many(pop)]
@@ -153,7 +153,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from .predictor.pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(teacher=_train_cfg(a, "teacher", epochs=15), distill=DistillConfig(steps=a.steps, seed=a.seed),
-                         finetune=_train_cfg(a, "finetune", epochs=2.0, lr=0.05, warmup_epochs=0.1),
+                         finetune=_train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1),
                          samples=a.samples, seed=a.seed, subset=a.subset, dataset=a.dataset)
     pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet)
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "

@@ -27,7 +27,7 @@ from .teacher import train_teacher
 class PipelineConfig:
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.1))
     distill: DistillConfig = field(default_factory=DistillConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=0.05, warmup_epochs=0.1))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=0.01, warmup_epochs=0.1))
     samples: int = 40
     seed: int = 0
     subset: Optional[int] = None
