@@ -51,3 +51,18 @@ def test_export_command_writes_all_files(tmp_path, capsys):
     assert main(["export", arch.id, "--out", str(tmp_path / "net")]) == 0
     for name in ("arch.json", "model.safetensors", "model.onnx"):
         assert (tmp_path / "net" / name).exists()
+
+
+def test_embedded_default_search_runs_without_data(tmp_path, monkeypatch, capsys):
+    """`nas search` with no arguments: shipped cifar table + shipped predictor, accuracy vs latency."""
+    monkeypatch.chdir(tmp_path)  # no ./latency_tables or ./predictors here: the shipped ones must be found
+    assert main(["search", "--evaluations", "400", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "on the front" in out
+    import pandas as pd
+
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    assert {"accuracy", "latency@cpu-ort-1t", "predictor_version", "table_hash@cpu-ort-1t"} <= set(pareto.columns)
+    front = pareto.sort_values("latency@cpu-ort-1t")
+    assert front["accuracy"].is_monotonic_increasing  # on a front, more latency must buy more accuracy
