@@ -80,13 +80,15 @@ def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_pa
     specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("stripes", str(second_npz))]
     cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)
     full = search_paths(mini_space, load_domains(specs, mini_space, 32, 0), cfg, tmp_path / "a")
-    code = ("import sys; sys.path.insert(0, %r)\n"
-                        "from nas.space import SearchSpace\nfrom nas.multipath import DomainSpec, MultipathConfig, load_domains, search_paths\n"
+    # same intra-op thread count as this process: float sums split differently across threads differ in the last bits
+    code = ("import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(%d)\n"
+            "from nas.space import SearchSpace\nfrom nas.multipath import DomainSpec, MultipathConfig, load_domains, search_paths\n"
             "space = SearchSpace.load(%r)\n"
             "specs = [DomainSpec('blobs', %r), DomainSpec('stripes', %r)]\n"
             "cfg = MultipathConfig(steps=40, warmup=10, batch_size=32, checkpoint_every=10, controller_every=5)\n"
             "search_paths(space, load_domains(specs, space, 32, 0), cfg, %r)\n") % (
-        str(ROOT / "tests"), str(mini_space.source), str(synthetic_npz), str(second_npz), str(tmp_path / "b"))
+        str(ROOT / "tests"), torch.get_num_threads(), str(mini_space.source), str(synthetic_npz), str(second_npz),
+        str(tmp_path / "b"))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "b" / "search.ckpt"
     deadline = time.time() + 120
