@@ -80,6 +80,22 @@ def test_resume_with_other_settings_is_refused(small_table, tmp_path):
         run_search(_cfg(path, decisions, evaluations=60, seed=1), out=tmp_path, quiet=True)
 
 
+def _wait_until_dead(actor, timeout_s: float = 60.0) -> None:
+    import time
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
+        except RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_ray_workers_give_the_in_process_result_and_survive_a_dead_actor(small_table):
     import ray
 
@@ -99,6 +115,7 @@ def test_ray_workers_give_the_in_process_result_and_survive_a_dead_actor(small_t
         twin.step([8, 8], [None, None])
         states = [islands.call(i, "state_dict") for i in range(2)]
         ray.kill(islands.actors[0], no_restart=True)
+        _wait_until_dead(islands.actors[0])  # ray.kill is asynchronous: a call right after it may still run
         got = islands.step([8, 8], states)
         want = twin.step([8, 8], [None, None])
         assert islands.restarts == 1
