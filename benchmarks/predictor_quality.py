@@ -102,19 +102,20 @@ def main() -> None:
     options = sorted(rng.choice(space.stages[stage].n_options, a.separate_options, replace=False).tolist())
     shared = read_json(out / "blocks" / f"stage{stage}_nsr.json")
     t1 = time.time()
-    separate = []
+    separate, separate_train_s = [], []
     for opt in options:
         r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
                           replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
         separate.append(r["nsr"][0])
+        separate_train_s.append(r["train_seconds"])  # recorded when trained (a rerun reuses the result)
     sep_wall = time.time() - t1
     shared_nsr = [shared["nsr"][o] for o in options]
     distill_cmp = {"stage": space.stages[stage].name, "options": options, "shared_nsr": shared_nsr,
                    "separate_nsr": separate, "kendall_tau_shared_vs_separate": float(kendalltau(shared_nsr, separate).statistic),
                    "mean_nsr_shared": float(np.mean(shared_nsr)), "mean_nsr_separate": float(np.mean(separate)),
                    "shared_train_seconds_all_options": shared["train_seconds"],
-                   "separate_train_seconds_per_option": sep_wall / len(options),
-                   "separate_seconds_for_all_options_estimate": sep_wall / len(options) * space.stages[stage].n_options,
+                   "separate_train_seconds_per_option": float(np.mean(separate_train_s)),
+                   "separate_seconds_for_all_options_estimate": float(np.mean(separate_train_s)) * space.stages[stage].n_options,
                    "chosen": "shared"}
 
     big = space.sample(np.random.default_rng(0), 1_000_000)
@@ -124,7 +125,15 @@ def main() -> None:
 
     phases = {k: v["wall_time_s"] for k, v in log["phases"].items()}
     phases["heldout_finetunes"] = round(heldout_wall, 1)
-    phases["separate_distillation_comparison"] = round(sep_wall, 1)
+    # compute seconds recorded by each unit of work when it ran (a resumed rerun reuses them, adds nothing)
+    distill_log = read_json(out / "blocks" / "distill.json")["stages"]
+    heldout_recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe]
+    compute = {"distill_stage_train_s": [round(r["train_seconds"], 1) for r in distill_log],
+               "samples_finetune_s_total": round(sum(r["seconds"] for r in load_jsonl(str(out / "samples.jsonl"))
+                                                     if r.get("recipe") == recipe), 1),
+               "heldout_finetune_s_total": round(sum(r["seconds"] for r in heldout_recs), 1),
+               "heldout_finetunes": len(heldout_recs)}
+    phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
                "baselines": baselines, "gt_repeat_tau": float(kendalltau(accs[0], accs[1]).statistic),
                "heldout_accuracy_range": [float(acc.min()), float(acc.max())],
@@ -133,6 +142,9 @@ def main() -> None:
                "teacher": log.get("teacher"), "finetune_recipe": log["config"]["finetune"],
                "distill_recipe": log["config"]["distill"], "teacher_recipe": log["config"]["teacher"],
                "phase_wall_time_s": phases, "pipeline_wall_time_s": log.get("total_wall_time_s"),
+               "phase_wall_time_note": "pipeline.json sums each phase over every invocation (resumed reruns add "
+                                       "their start-up); heldout_finetunes is this invocation's share",
+               "compute_seconds": compute,
                "predict_archs_per_s": speed, "distill_mode_comparison": distill_cmp, "workers": a.workers,
                "subset": a.subset}
     print({k: figures[k] for k in ("n_heldout", "kendall_tau", "spearman", "mae", "gt_repeat_tau")})
