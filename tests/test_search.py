@@ -48,6 +48,15 @@ def test_controllers_beat_random(small_table, controller, kw):
     assert _hv_ratio(res, frame) > rand
 
 
+@pytest.mark.parametrize("controller,kw", [("evolution", {}), ("rl", {}), ("random", {}),
+                                           ("optuna", {"sampler": "nsga2"}), ("optuna", {"sampler": "tpe"})])
+def test_large_seeds_run(small_table, controller, kw):
+    """Seeds are mixed per island and per ask; none of them may leave the 32 bits Optuna/numpy accept."""
+    path, decisions = small_table
+    res = run_search(_cfg(path, decisions, controller=controller, seed=2**31 + 7, evaluations=60, **kw), quiet=True)
+    assert len(res.archive) == 60
+
+
 def test_same_seed_same_front_and_resume_equals_uninterrupted(small_table, tmp_path):
     path, decisions = small_table
     cfg = _cfg(path, decisions, controller="evolution")

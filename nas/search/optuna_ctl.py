@@ -40,7 +40,7 @@ class OptunaController(Controller):
         super().__init__(space, objectives, seed)
         optuna.logging.set_verbosity(logging.WARNING)
         self.sampler_name, self.population = sampler, int(population)
-        _sampler(sampler, seed, self.population)  # validate the name early
+        _sampler(sampler, 0, self.population)  # validate the name early
         self.storage = storage  # None: in-memory (fast; a run folder gives a SQLite file instead)
         self.study_name = study_name or f"hwnas-{sampler}-{seed}"
         self.study = optuna.create_study(
@@ -58,7 +58,9 @@ class OptunaController(Controller):
 
     def ask(self, n: int) -> np.ndarray:
         n_done = len(self.study.get_trials(deepcopy=False))
-        self.study.sampler = _sampler(self.sampler_name, self.seed * 1_000_003 + n_done, self.population)
+        # numpy's legacy seeding (inside Optuna) takes 32 bits only: mix (seed, n_done) into that range
+        seed = int(np.random.SeedSequence([self.seed, n_done]).generate_state(1)[0])
+        self.study.sampler = _sampler(self.sampler_name, seed, self.population)
         rows = []
         for _ in range(n):
             trial = self.study.ask()
