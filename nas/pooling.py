@@ -89,9 +89,15 @@ class SlicedBasicBlock(nn.Module):
 
     @staticmethod
     def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        """``bn`` on the first channels, with nn.BatchNorm2d's running-statistics rules (momentum None:
+        cumulative average, as BN recalibration uses)."""
         c = x.shape[1]
+        factor = bn.momentum
+        if bn.training and bn.momentum is None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked)
         return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c], bn.training,
-                            bn.momentum, bn.eps)
+                            factor, bn.eps)
 
     def forward(self, x: torch.Tensor, cout: int) -> torch.Tensor:
         cin = x.shape[1]

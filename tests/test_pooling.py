@@ -67,3 +67,28 @@ def test_placements_and_widths():
             assert net(torch.zeros(1, 3, 32, 32), p).shape == (1, 10)
     with pytest.raises(UserError, match="cannot place 9 pools"):
         PlacementSpace(blocks=9, pools=9)
+
+
+def test_bn_recalibration_gives_each_placements_own_statistics():
+    """After recalibration, the sliced BN of every block holds the cumulative mean/var of its input over the
+    recalibration batches (what nn.BatchNorm2d with momentum=None computes), so eval mode equals batch stats."""
+    from nas.pooling import recalibrate_bn
+
+    torch.manual_seed(0)
+    space = PlacementSpace(base_width=4)
+    net = PlacementNet(space)
+    p = space.placements[5]
+    x = torch.randn(64, 3, 16, 16)
+    net.train()
+    for _ in range(3):  # running stats written by other placements first
+        net(torch.randn(8, 3, 16, 16) * 3 + 1, space.placements[0])
+    recalibrate_bn(net, p, [x])
+    with torch.no_grad():
+        eval_out = net(x, p)
+        net.train()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.0  # batch statistics, running statistics untouched
+        batch_out = net(x, p)
+    # eval uses the unbiased running variance, training the biased one: equal up to that n/(n-1) factor
+    torch.testing.assert_close(eval_out, batch_out, rtol=0.02, atol=0.02)
