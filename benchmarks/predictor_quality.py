@@ -101,14 +101,12 @@ def main() -> None:
     stage = 1
     options = sorted(rng.choice(space.stages[stage].n_options, a.separate_options, replace=False).tolist())
     shared = read_json(out / "blocks" / f"stage{stage}_nsr.json")
-    t1 = time.time()
     separate, separate_train_s = [], []
     for opt in options:
         r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
                           replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
         separate.append(r["nsr"][0])
         separate_train_s.append(r["train_seconds"])  # recorded when trained (a rerun reuses the result)
-    sep_wall = time.time() - t1
     shared_nsr = [shared["nsr"][o] for o in options]
     distill_cmp = {"stage": space.stages[stage].name, "options": options, "shared_nsr": shared_nsr,
                    "separate_nsr": separate, "kendall_tau_shared_vs_separate": float(kendalltau(shared_nsr, separate).statistic),
