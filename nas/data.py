@@ -71,6 +71,8 @@ class TensorLoader:
             for i in range(len(self)):
                 yield self.batch(i)
             return
+        if self.position >= len(self):  # the previous pass stopped right after its last batch
+            self.epoch, self.position = self.epoch + 1, 0
         for i in range(self.position, len(self)):
             self.position = i + 1
             yield self.batch(i)

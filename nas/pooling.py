@@ -294,6 +294,8 @@ class batch_stat_eval:
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, placement: tuple[int, ...], batches: list[torch.Tensor]) -> None:
     """Re-estimate BN running statistics for one placement (cumulative average over ``batches``)."""
+    if not batches:
+        raise ValueError("BN recalibration needs at least one batch")
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
     for m in bns:

@@ -105,6 +105,21 @@ def test_loader_state_resumes_mid_epoch():
         torch.testing.assert_close(want, got)
 
 
+def test_a_pass_stopped_after_its_last_batch_still_starts_the_next_epoch():
+    """A consumer that takes exactly one epoch from a generator and never resumes it must not leave the
+    loader empty (BN recalibration after such a training loop once got no batches at all)."""
+    x, y = _arrays(64)
+    a = TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 8, True, seed=5)
+    it = iter(a)
+    for _ in range(len(a)):
+        next(it)
+    again = [b for _, b in zip(range(3), a)]
+    assert len(again) == 3 and a.epoch == 1
+    b = TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 8, True, seed=5)
+    b.epoch = 1
+    torch.testing.assert_close(again[0][0], b.batch(0)[0])
+
+
 def test_bad_data_paths(tmp_path):
     with pytest.raises(UserError, match="dataset not found"):
         load_data(tmp_path / "nope.bin")
