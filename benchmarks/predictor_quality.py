@@ -83,8 +83,8 @@ def main() -> None:
     acc = (accs[0] + accs[1]) / 2
 
     recipe = recipe_id(cfg.finetune)
-    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))
-             if r.get("recipe") == recipe and r["seed"] == cfg.finetune.seed}
+    sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe]
+    by_id = {r["arch_id"]: r["val_top1"] for r in sample_recs if r["seed"] == cfg.finetune.seed}
     fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
     predicted = pred.predict(held)
     macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]
@@ -127,8 +127,7 @@ def main() -> None:
     distill_log = read_json(out / "blocks" / "distill.json")["stages"]
     heldout_recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe]
     compute = {"distill_stage_train_s": [round(r["train_seconds"], 1) for r in distill_log],
-               "samples_finetune_s_total": round(sum(r["seconds"] for r in load_jsonl(str(out / "samples.jsonl"))
-                                                     if r.get("recipe") == recipe), 1),
+               "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs), 1),
                "heldout_finetune_s_total": round(sum(r["seconds"] for r in heldout_recs), 1),
                "heldout_finetunes": len(heldout_recs)}
     phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)

@@ -77,18 +77,21 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- predictor pipeline
-def _train_cfg(a: argparse.Namespace, prefix: str, **defaults):
-    from .train import TrainConfig
+def _train_cfg(a: argparse.Namespace, prefix: str):
+    """The pipeline's ``teacher`` or ``finetune`` recipe, with the command line's --PREFIX-epochs/-lr and --seed."""
+    from dataclasses import replace
+
+    from .predictor.pipeline import PipelineConfig
 
     kw = {k: getattr(a, f"{prefix}_{k}") for k in ("epochs", "lr") if getattr(a, f"{prefix}_{k}", None) is not None}
-    return TrainConfig(**{**defaults, **kw, "seed": a.seed})
+    return replace(getattr(PipelineConfig(), prefix), **kw, seed=a.seed)
 
 
 @command("teacher")
 def cmd_teacher(a: argparse.Namespace) -> int:
     from .predictor.teacher import train_teacher
 
-    rep = train_teacher(_space(a.space), a.data, a.out, a.arch, _train_cfg(a, "teacher", epochs=15), a.checkpoint,
+    rep = train_teacher(_space(a.space), a.data, a.out, a.arch, _train_cfg(a, "teacher"), a.checkpoint,
                         a.subset, quiet=a.quiet)
     print(f"teacher {rep['arch_id']}: val top-1 {rep['val_top1']:.4f}, test top-1 {rep['test_top1']:.4f} "
           f"-> {a.out}/teacher/")
@@ -118,14 +121,14 @@ def cmd_predictor(a: argparse.Namespace) -> int:
     pop = stratified_sample(space, a.samples, a.seed)
     if a.action == "sample":
         recs = run_samples(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl",
-                           _train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1), a.workers,
+                           _train_cfg(a, "finetune"), a.workers,
                            a.ray_address, a.subset, a.quiet)
         print(f"{len(recs)} fine-tuned samples in {out}/samples.jsonl")
         return 0
     from .latency.engine import load_jsonl
     from .predictor.sample import recipe_id
 
-    recipe = recipe_id(_train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1))
+    recipe = recipe_id(_train_cfg(a, "finetune"))
     by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))
              if r.get("recipe") == recipe and r["seed"] == a.seed}
     ids = [x.id for x in space.decode_many(pop)]
@@ -152,8 +155,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from .predictor.distill import DistillConfig
     from .predictor.pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(teacher=_train_cfg(a, "teacher", epochs=15), distill=DistillConfig(steps=a.steps, seed=a.seed),
-                         finetune=_train_cfg(a, "finetune", epochs=2.0, lr=0.01, warmup_epochs=0.1),
+    cfg = PipelineConfig(teacher=_train_cfg(a, "teacher"), distill=DistillConfig(steps=a.steps, seed=a.seed),
+                         finetune=_train_cfg(a, "finetune"),
                          samples=a.samples, seed=a.seed, subset=a.subset, dataset=a.dataset)
     pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet)
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
