@@ -58,13 +58,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--retrain-epochs", type=float, default=3.0)
+    ap.add_argument("--share-weight", type=float, default=MultipathConfig.share_weight)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
     a = ap.parse_args()
     space = SearchSpace.load("mobilenetv3_cifar")
     specs = parse_domains(a.domains)
-    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs)
+    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs, share_weight=a.share_weight)
     found = {}
     for rule in ("lagging", "round_robin"):
         data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset)

@@ -206,8 +206,10 @@ def cmd_multipath(a: argparse.Namespace) -> int:
     space = _space(a.space)
     specs = parse_domains(a.domains)
     table = LatencyTable.find(space, a.device) if a.device else None
+    share = MultipathConfig.share_weight if a.share_weight is None else a.share_weight
     cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, prioritise=a.prioritise, latency_weight=a.latency_weight,
-                          latency_target=a.latency_target, retrain_epochs=a.retrain_epochs, seed=a.seed)
+                          latency_target=a.latency_target, share_weight=share, retrain_epochs=a.retrain_epochs,
+                          seed=a.seed)
     res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet)
     for d, arch_id in res["paths"].items():
         print(f"{d}: {arch_id}  test top-1 {res['accuracy'][d]:.4f}")
@@ -398,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", help="latency table device for the MnasNet reward term, e.g. cpu-ort-1t")
     sp.add_argument("--latency-weight", type=float, default=0.0, help="MnasNet w (e.g. 0.07); 0: accuracy only")
     sp.add_argument("--latency-target", type=float, default=None)
+    sp.add_argument("--share-weight", type=float, default=None,
+                    help="reward x (joint params / separate params)^-w, the incentive to share nodes (default 0.3); "
+                         "0: none")
     sp.add_argument("--retrain-epochs", type=float, default=2.0)
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")

@@ -8,7 +8,11 @@ domains whose last stage has the same width); each domain has its own classifier
 Search: every step picks a domain (see :class:`Prioritiser`), samples that domain's path (uniformly during a
 warm-up, as TuNAS, then from its controller), and trains the supernet on one batch of that domain along
 the path. Every few steps the domain's controller scores a few sampled paths on a held-out batch
-(reward = accuracy, optionally times the MnasNet latency term) and takes a policy-gradient step.
+(reward = accuracy, measured with the batch's own norm statistics; optionally times the MnasNet latency
+term and a sharing term ``sharing_ratio ** -share_weight``, where ``sharing_ratio`` is the joint model's
+unique parameters over the sum of separate networks with this domain on the candidate path and the other
+domains on their current most likely paths, so a controller gains by reusing nodes the others use) and takes
+a policy-gradient step.
 
 Result: each domain's most likely path, the shared/specific node map, and a joint model (one module per
 distinct node, each counted once) trained with all domains and exportable to ONNX per domain.
@@ -19,6 +23,8 @@ so lagging domains get more steps but no domain ever drops below ``floor / K``.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
@@ -169,6 +175,7 @@ class MultipathConfig:
     controller_lr: float = 0.1
     latency_weight: float = 0.0  # MnasNet w; 0 = accuracy only
     latency_target: Optional[float] = None
+    share_weight: float = 0.3  # reward x sharing_ratio**-share_weight; 0 = no incentive to share nodes
     prioritise: str = "lagging"
     temperature: float = 0.05
     floor: float = 0.2
@@ -190,11 +197,14 @@ RewardFn = Callable[[str, np.ndarray], np.ndarray]
 
 
 def controller_step(space: SearchSpace, controller: Reinforce, domain: str, reward: RewardFn, n: int,
-                    latency: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> float:
-    """Sample ``n`` paths, score them (accuracy, optional latency), take one REINFORCE step."""
+                    latency: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                    bonus: Optional[RewardFn] = None) -> float:
+    """Sample ``n`` paths, score them (accuracy, times ``bonus`` if given, optional latency), take one REINFORCE
+    step; return the mean plain accuracy."""
     pop = controller.ask(n)
     acc = reward(domain, pop)
-    cols = [-acc] + ([latency(pop)] if latency is not None and len(controller.objectives) > 1 else [])
+    scored = acc * bonus(domain, pop) if bonus is not None else acc
+    cols = [-scored] + ([latency(pop)] if latency is not None and len(controller.objectives) > 1 else [])
     controller.tell(pop, np.stack(cols, axis=1), np.zeros(n))
     return float(acc.mean())
 
@@ -239,10 +249,19 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
         val = data[domain].val
         x, y = val.batch(val_index[domain] % len(val))
         val_index[domain] += 1
-        net.eval()
-        accs = [(net(x, a, domain).argmax(1) == y).float().mean().item() for a in space.decode_many(pop)]
+        with batch_statistics(net):
+            accs = [(net(x, a, domain).argmax(1) == y).float().mean().item() for a in space.decode_many(pop)]
         net.train()
         return np.array(accs)
+
+    def sharing_bonus(domain: str, pop: np.ndarray) -> np.ndarray:
+        """``sharing_ratio ** -share_weight`` of the joint model with this domain on each candidate path and
+        every other domain on its controller's current most likely path."""
+        others = {d: space.decode(most_likely(c)) for d, c in controllers.items() if d != domain}
+        ratios = [sharing_ratio(space, {**others, domain: a}) for a in space.decode_many(pop)]
+        return np.asarray(ratios) ** -cfg.share_weight
+
+    bonus = sharing_bonus if cfg.share_weight and len(domains) > 1 else None
 
     t0 = time.time()
     history = []
@@ -262,7 +281,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
             step += 1
             if step % cfg.controller_every == 0:
                 if step >= cfg.warmup:
-                    acc = controller_step(space, controllers[d], d, reward, cfg.paths_per_update, latency)
+                    acc = controller_step(space, controllers[d], d, reward, cfg.paths_per_update, latency, bonus)
                 else:
                     acc = float(reward(d, space.sample(rng, 1)).mean())
                 prio.update(d, acc)
@@ -280,6 +299,27 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     torch.save(net.state_dict(), out / "supernet.pt")
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
             "seconds": seconds + time.time() - t0, "controllers": controllers}
+
+
+@contextlib.contextmanager
+def batch_statistics(net: nn.Module):
+    """Evaluate with each batch's own norm statistics, leaving running statistics untouched.
+
+    Running statistics of a weight-sharing supernet mix every path and every domain it was trained on;
+    a held-out batch of one domain, normalised by its own statistics, scores a path far more faithfully.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    net.eval()
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield net
+    finally:
+        for m, mom in zip(norms, saved):
+            m.momentum = mom
+        net.eval()
 
 
 def _cycle(loader):
@@ -308,26 +348,46 @@ def node_map(space: SearchSpace, paths: dict[str, Arch]) -> dict[str, list[str]]
     return out
 
 
-def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int]) -> dict[str, int]:
+def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int],
+                 domain_norms: bool = True) -> dict[str, int]:
     """Parameters and MACs of the joint model, each shared node counted once: the stem, every distinct stage
-    node, every distinct head (by input width), and one classifier per domain."""
+    node, every distinct head (by input width), and one classifier per domain; plus, with ``domain_norms``,
+    the per-domain norm copies of every module several domains share (see :class:`DomainBatchNorm`)."""
     m, p = stem_cost(space.frame)
-    seen = set()
+    users: dict[str, int] = {}
     for arch in paths.values():
         for s in range(len(space.stages)):
             k = node_key(space, arch, s)
-            if k not in seen:
-                seen.add(k)
+            users[k] = users.get(k, 0) + 1
+            if users[k] == 1:
                 mm, pp = stage_cost(stage_choice_option(arch, s))
                 m, p = m + mm, p + pp
     trunk = _frame_for(space, 0)
-    for cin in {arch.stages[-1].channels for arch in paths.values()}:
-        mm, pp = head_cost(trunk, cin, space.final_resolution)
-        m, p = m + mm, p + pp
+    head_users: dict[int, int] = {}
+    for arch in paths.values():
+        cin = arch.stages[-1].channels
+        head_users[cin] = head_users.get(cin, 0) + 1
+        if head_users[cin] == 1:
+            mm, pp = head_cost(trunk, cin, space.final_resolution)
+            m, p = m + mm, p + pp
     nf = space.frame.head_features
     for d in paths:
         m, p = m + nf * num_classes[d], p + nf * num_classes[d] + num_classes[d]
-    return {"unique_params": int(p), "unique_macs": int(m), "nodes": len(seen)}
+    if domain_norms and len(paths) > 1:
+        p += (len(paths) - 1) * norm_params(build_stem(space.frame))
+        options = {node_key(space, a, s): stage_choice_option(a, s) for a in paths.values() for s in range(len(space.stages))}
+        p += sum((n - 1) * norm_params(build_stage(options[k])) for k, n in users.items() if n > 1)
+        p += sum((n - 1) * norm_params(build_head(trunk, cin)) for cin, n in head_users.items() if n > 1)
+    return {"unique_params": int(p), "unique_macs": int(m), "nodes": len(users)}
+
+
+def sharing_ratio(space: SearchSpace, paths: dict[str, Arch]) -> float:
+    """Unique parameters of the joint model over the sum of the domains' separate networks (1 = no sharing).
+    Closed form, convolutions only (norm copies are a fraction of a percent): cheap enough for every reward."""
+    classes = {d: 0 for d in paths}
+    joint = unique_costs(space, paths, classes, domain_norms=False)["unique_params"]
+    alone = sum(unique_costs(space, {d: a}, {d: 0}, domain_norms=False)["unique_params"] for d, a in paths.items())
+    return joint / alone
 
 
 def _frame_for(space: SearchSpace, num_classes: int):
@@ -336,8 +396,41 @@ def _frame_for(space: SearchSpace, num_classes: int):
     return replace(space.frame, num_classes=num_classes)
 
 
+class DomainBatchNorm(nn.Module):
+    """One copy of a norm layer per domain, for modules several domains share (stem, shared nodes, heads).
+
+    Convolutions are shared; normalisation statistics and affine parameters are not: CIFAR-10 and
+    Fashion-MNIST activations have very different statistics, and one shared set of running statistics
+    serves neither at evaluation (the usual remedy of multi-domain networks, e.g. Rebuffi et al. 2017).
+    The owning :class:`JointModel` sets ``active`` before each forward.
+    """
+
+    def __init__(self, norm: nn.Module, domains: list[str]):
+        super().__init__()
+        self.norms = nn.ModuleDict({d: copy.deepcopy(norm) for d in domains})
+        self.active = domains[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norms[self.active](x)
+
+
+def norm_params(module: nn.Module) -> int:
+    """Parameters held by the BatchNorm layers of ``module`` (what a per-domain copy costs)."""
+    return sum(p.numel() for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for p in m.parameters(recurse=False))
+
+
+def _split_norms(module: nn.Module, domains: list[str]) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, DomainBatchNorm(child, domains))
+        else:
+            _split_norms(child, domains)
+
+
 class JointModel(nn.Module):
-    """One module per distinct node; a domain's forward follows its path through them."""
+    """One module per distinct node; a domain's forward follows its path through them. Modules shared by
+    several domains get per-domain norm layers (:class:`DomainBatchNorm`)."""
 
     def __init__(self, space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int]):
         super().__init__()
@@ -360,11 +453,27 @@ class JointModel(nn.Module):
             if key not in self.heads:
                 self.heads[key] = build_head(space.frame, arch.stages[-1].channels)[:-1]
         self.classifiers = nn.ModuleDict({d: nn.Linear(space.frame.head_features, num_classes[d]) for d in paths})
+        for module, users in self._shared_modules():
+            _split_norms(module, users)
+        self._domain_norms = [m for m in self.modules() if isinstance(m, DomainBatchNorm)]
+
+    def _shared_modules(self) -> list[tuple[nn.Module, list[str]]]:
+        users: dict[str, list[str]] = {}
+        for d in self.paths:
+            for k in ["stem", *self.route[d], self.head_key(d)]:
+                users.setdefault(k, []).append(d)
+        modules = {"stem": self.stem, **dict(self.nodes.items()), **dict(self.heads.items())}
+        return [(modules[k], ds) for k, ds in users.items() if len(ds) > 1]
+
+    def set_domain(self, domain: str) -> None:
+        for m in self._domain_norms:
+            m.active = domain
 
     def head_key(self, domain: str) -> str:
         return f"head_{self.paths[domain].stages[-1].channels}"
 
     def forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        self.set_domain(domain)
         h = self.stem(x)
         for k in self.route[domain]:
             h = self.nodes[k](h)
@@ -372,18 +481,38 @@ class JointModel(nn.Module):
 
     def domain_module(self, domain: str) -> nn.Module:
         """The standalone network of one domain (shares modules with the joint model): for ONNX export."""
-        return nn.Sequential(self.stem, *[self.nodes[k] for k in self.route[domain]],
-                             self.heads[self.head_key(domain)], self.classifiers[domain])
+        return _DomainView(self, domain)
 
     def load_from_supernet(self, net: MultiPathSupernet) -> None:
+        """Copy the supernet's weights (every domain's norm copy starts from the supernet's norm)."""
         with torch.no_grad():
-            self.stem.load_state_dict(net.stem.state_dict())
+            _load_unsplit(self.stem, net.stem.state_dict())
             for d, arch in self.paths.items():
                 for s, k in enumerate(self.route[d]):
                     o = stage_choice_option(arch, s)
-                    self.nodes[k].load_state_dict(net.stages[s].export_option(choices(arch.stages[s]), o.cin))
-                self.heads[self.head_key(d)].load_state_dict(net.head.export(arch.stages[-1].channels))
+                    _load_unsplit(self.nodes[k], net.stages[s].export_option(choices(arch.stages[s]), o.cin))
+                _load_unsplit(self.heads[self.head_key(d)], net.head.export(arch.stages[-1].channels))
                 self.classifiers[d].load_state_dict(net.classifiers[d].state_dict())
+
+
+class _DomainView(nn.Module):
+    def __init__(self, joint: JointModel, domain: str):
+        super().__init__()
+        self.joint, self.domain = joint, domain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.joint(x, self.domain)
+
+
+def _load_unsplit(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a plain state dict into a module whose norms may be split per domain (``x.norms.<d>.y``)."""
+    own = module.state_dict()
+    mapped = {}
+    for key in own:
+        parts = key.split(".")
+        plain = ".".join(p for i, p in enumerate(parts) if not (p == "norms" or (i > 0 and parts[i - 1] == "norms")))
+        mapped[key] = state[plain]
+    module.load_state_dict(mapped)
 
 
 def _safe(key: str) -> str:
@@ -474,4 +603,5 @@ def _here_cpu() -> str:
 
 
 __all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",
-           "search_paths", "controller_step", "make_controllers", "node_map", "unique_costs", "run_multipath"]
+           "search_paths", "controller_step", "make_controllers", "node_map", "unique_costs", "sharing_ratio",
+           "DomainBatchNorm", "batch_statistics", "run_multipath"]

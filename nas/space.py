@@ -333,9 +333,9 @@ class SearchSpace(EncodedSpace):
         return out
 
     # ------------------------------------------------------------------ variation
-    def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float) -> np.ndarray:
-        """Each decision changes with probability ``p`` to a different choice (uniformly)."""
-        return uniform_mutation(rng, self.check_pop(pop), self.n_choices, p)
+    def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float, step_prob: float = 0.0) -> np.ndarray:
+        """Each decision changes with probability ``p`` to a different choice (see :func:`uniform_mutation`)."""
+        return uniform_mutation(rng, self.check_pop(pop), self.n_choices, p, step_prob)
 
     def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Uniform crossover by stage: each child takes every stage (all six decisions) from ``a`` or ``b``."""
@@ -447,12 +447,19 @@ class SearchSpace(EncodedSpace):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def uniform_mutation(rng: np.random.Generator, pop: np.ndarray, n_choices: np.ndarray, p: float) -> np.ndarray:
-    """Each gene moves with probability ``p`` to another of its choices, uniformly."""
+def uniform_mutation(rng: np.random.Generator, pop: np.ndarray, n_choices: np.ndarray, p: float,
+                     step_prob: float = 0.0) -> np.ndarray:
+    """Each gene moves with probability ``p`` to another of its choices: uniformly, or, with probability
+    ``step_prob``, to a neighbouring choice (choices are listed in order, so a step is a small change)."""
     pop = pop.copy()
     flip = (rng.random(pop.shape) < p) & (n_choices > 1)
     shift = 1 + np.floor(rng.random(pop.shape) * (n_choices - 1)).astype(np.int64)
-    pop[flip] = ((pop + shift) % n_choices)[flip]
+    new = (pop + shift) % n_choices
+    if step_prob > 0:
+        up = rng.random(pop.shape) < 0.5
+        step = np.where((up & (pop < n_choices - 1)) | (pop == 0), pop + 1, pop - 1)
+        new = np.where(rng.random(pop.shape) < step_prob, step, new)
+    pop[flip] = new[flip]
     return pop
 
 

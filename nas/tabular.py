@@ -54,8 +54,8 @@ class TabularSpace(EncodedSpace):
     def cardinality(self) -> int:
         return len(self.frame)
 
-    def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float) -> np.ndarray:
-        return uniform_mutation(rng, np.asarray(pop, dtype=np.int64), self.n_choices, p)
+    def mutate(self, rng: np.random.Generator, pop: np.ndarray, p: float, step_prob: float = 0.0) -> np.ndarray:
+        return uniform_mutation(rng, np.asarray(pop, dtype=np.int64), self.n_choices, p, step_prob)
 
     def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return uniform_crossover(rng, np.asarray(a), np.asarray(b), self.gene_groups)

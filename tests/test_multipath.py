@@ -134,3 +134,69 @@ def test_joint_model_from_supernet_matches_supernet(mini_space):
         for d, arch in paths.items():
             torch.testing.assert_close(joint(x, d), net(x, arch, d), rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(joint.domain_module(d)(x), net(x, arch, d), rtol=1e-4, atol=1e-5)
+
+
+def test_shared_modules_keep_one_norm_per_domain_and_export_per_domain(mini_space, tmp_path):
+    import onnxruntime as ort
+
+    from nas.export import export_onnx
+    from nas.multipath import DomainBatchNorm
+
+    torch.manual_seed(0)
+    arch = mini_space.decode(mini_space.sample(np.random.default_rng(2), 1)[0])
+    joint = JointModel(mini_space, {"a": arch, "b": arch}, {"a": 10, "b": 10})
+    norms = [m for m in joint.modules() if isinstance(m, DomainBatchNorm)]
+    assert norms and all(set(m.norms) == {"a", "b"} for m in norms)
+    with torch.no_grad():
+        joint.classifiers["b"].load_state_dict(joint.classifiers["a"].state_dict())
+        for m in norms:  # only domain b's statistics move
+            m.norms["b"].running_mean.add_(1.0)
+    joint.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ya, yb = joint(x, "a"), joint(x, "b")
+        assert not torch.allclose(ya, yb)
+        torch.testing.assert_close(joint.domain_module("b")(x), yb)
+    export_onnx(joint.domain_module("b"), (1, 3, 32, 32), tmp_path / "b.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    np.testing.assert_allclose(got, yb[:1].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_batch_statistics_leave_running_statistics_untouched(mini_space):
+    from nas.multipath import MultiPathSupernet, batch_statistics
+
+    net = MultiPathSupernet(mini_space, {"a": 10})
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    arch = mini_space.decode(mini_space.sample(np.random.default_rng(0), 1)[0])
+    with torch.no_grad(), batch_statistics(net):
+        net(torch.randn(8, 3, 32, 32) * 5 + 3, arch, "a")
+    after = net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(m.momentum is not None and m.momentum > 0 for m in net.modules()
+               if isinstance(m, torch.nn.BatchNorm2d) and m.momentum is not None)
+
+
+def test_sharing_incentive_makes_controllers_share_nodes(mini_space):
+    from nas.multipath import sharing_ratio
+
+    vec = mini_space.sample(np.random.default_rng(0), 2)
+    a, b = mini_space.decode(vec[0]), mini_space.decode(vec[1])
+    assert sharing_ratio(mini_space, {"x": a, "y": a}) < sharing_ratio(mini_space, {"x": a, "y": b}) <= 1.0
+    # equal accuracy everywhere: only the sharing term separates paths
+    cfg = MultipathConfig(controller_lr=0.3, share_weight=1.0)
+    ctl = make_controllers(mini_space, ["x", "y"], cfg)
+    for d, c in ctl.items():  # start from two different preferred paths
+        c.policy.logits += np.random.default_rng(len(d) + ord(d)).normal(0, 0.5, c.policy.logits.shape)
+
+    def bonus(domain, pop):
+        others = {d: mini_space.decode(most_likely(c)) for d, c in ctl.items() if d != domain}
+        return np.array([sharing_ratio(mini_space, {**others, domain: p}) for p in mini_space.decode_many(pop)]) ** -1.0
+
+    flat = lambda domain, pop: np.full(len(pop), 0.5)  # noqa: E731
+    start = sharing_ratio(mini_space, {d: mini_space.decode(most_likely(c)) for d, c in ctl.items()})
+    for _ in range(150):
+        for d in ("x", "y"):
+            controller_step(mini_space, ctl[d], d, flat, 8, bonus=bonus)
+    end = sharing_ratio(mini_space, {d: mini_space.decode(most_likely(c)) for d, c in ctl.items()})
+    assert start > 0.75 and end < start and end < 0.6

@@ -68,6 +68,30 @@ def test_mutation_changes_every_gene_when_p_is_one(cifar_space):
     assert (m != a).all()
 
 
+def test_step_mutation_moves_to_a_neighbouring_choice(cifar_space):
+    rng = np.random.default_rng(0)
+    a = cifar_space.sample(rng, 200)
+    m = cifar_space.mutate(rng, a, 1.0, step_prob=1.0)
+    assert (np.abs(m - a) == 1).all() and (m >= 0).all() and (m < cifar_space.n_choices).all()
+
+
+def test_evolution_seeds_the_extremes_and_keeps_an_elite_front(cifar_space):
+    from nas.objectives import parse_objectives
+    from nas.search.evolution import Evolution
+
+    ctl = Evolution(cifar_space, parse_objectives("accuracy,macs"), seed=0, population=8)
+    first = ctl.ask(8)
+    np.testing.assert_array_equal(first[0], 0)
+    np.testing.assert_array_equal(first[1], cifar_space.n_choices - 1)
+    F = np.random.default_rng(1).random((8, 2))
+    ctl.tell(first, F, np.zeros(8))
+    from nas.pareto import non_dominated_mask
+    assert len(ctl.elite_X) == non_dominated_mask(F).sum()
+    again = Evolution(cifar_space, parse_objectives("accuracy,macs"), seed=0, population=8)
+    again.load_state_dict(json.loads(json.dumps(ctl.state_dict())))
+    np.testing.assert_array_equal(again.ask(8), ctl.ask(8))
+
+
 def test_same_seed_same_sample(cifar_space):
     a = cifar_space.sample(np.random.default_rng(7), 10)
     b = cifar_space.sample(np.random.default_rng(7), 10)
