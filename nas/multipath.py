@@ -23,7 +23,6 @@ so lagging domains get more steps but no domain ever drops below ``floor / K``.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -45,7 +44,7 @@ from .io import write_json
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
-from .supernet import ElasticHead, ElasticStage
+from .supernet import ElasticHead, ElasticStage, batch_statistics
 
 KNOWN_DOMAINS = {"cifar10": ("../shared/data/cifar10.npz", 10), "fashion-mnist": ("/usr/share/datasets/fashion-mnist", 10)}
 
@@ -251,7 +250,6 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
         val_index[domain] += 1
         with batch_statistics(net):
             accs = [(net(x, a, domain).argmax(1) == y).float().mean().item() for a in space.decode_many(pop)]
-        net.train()
         return np.array(accs)
 
     def sharing_bonus(domain: str, pop: np.ndarray) -> np.ndarray:
@@ -299,27 +297,6 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     torch.save(net.state_dict(), out / "supernet.pt")
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
             "seconds": seconds + time.time() - t0, "controllers": controllers}
-
-
-@contextlib.contextmanager
-def batch_statistics(net: nn.Module):
-    """Evaluate with each batch's own norm statistics, leaving running statistics untouched.
-
-    Running statistics of a weight-sharing supernet mix every path and every domain it was trained on;
-    a held-out batch of one domain, normalised by its own statistics, scores a path far more faithfully.
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    net.eval()
-    for m in norms:
-        m.train()
-        m.momentum = 0.0
-    try:
-        yield net
-    finally:
-        for m, mom in zip(norms, saved):
-            m.momentum = mom
-        net.eval()
 
 
 def _cycle(loader):

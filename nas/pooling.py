@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import UserError
 from .io import write_csv, write_json
+from .supernet import batch_statistics
 
 
 # ---------------------------------------------------------------------- space
@@ -195,7 +196,7 @@ def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str =
             loss.backward()
             opt.step()
             xv, yv = next(val)
-            with torch.no_grad(), batch_stat_eval(model):
+            with torch.no_grad(), batch_statistics(model):
                 acc = (model(xv, placements[i]).argmax(1) == yv).float().mean().item()
             W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
             bar.advance(task)
@@ -263,32 +264,6 @@ def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, 
 def _cycle(loader):
     while True:
         yield from loader
-
-
-class batch_stat_eval:
-    """Evaluate with each batch's own BN statistics, leaving running statistics untouched.
-
-    Weight-shared supernets must not judge a placement with running statistics that every other
-    placement (other widths, other resolutions) has been writing into.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model, self.saved = model, []
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        for m in self.model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                self.saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-                m.momentum = 0.0
-        self.model.train()
-        return self.model
-
-    def __exit__(self, *exc):
-        for m, mom, tracked in self.saved:
-            m.momentum = mom
-            m.num_batches_tracked.copy_(tracked)
-        self.model.train(self.was_training)
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ For blockwise distillation the stage reads the teacher's stage input (the teache
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any
 
 import torch
@@ -196,3 +198,29 @@ def set_bn_recalibration(module: nn.Module, on: bool) -> None:
                 m.momentum = None
             else:
                 m.momentum = 0.1
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """Evaluate with each batch's own BN statistics, leaving running statistics untouched.
+
+    A weight-sharing supernet must not judge a path (or a placement, or a domain) with running statistics
+    that every other path, resolution and domain has been writing into. Other layers run in eval mode;
+    the training flag is restored on exit.
+    """
+    was_training = model.training
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    model.eval()
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for m, (mom, tracked) in zip(norms, saved):
+            m.momentum = mom
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
