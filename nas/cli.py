@@ -63,7 +63,8 @@ def cmd_search(a: argparse.Namespace) -> int:
                        objectives=objectives, constraints=a.constraint or [], controller=a.controller,
                        sampler=a.sampler, evaluations=a.evaluations, population=a.population, islands=a.islands,
                        targets=[float(t) for t in a.targets.split(",")] if a.targets else None, seed=a.seed,
-                       tables_dir=a.tables_dir, predictor=a.predictor, storage=a.storage)
+                       tables_dir=a.tables_dir, predictor=a.predictor, placement_ranking=a.placement_ranking,
+                       storage=a.storage)
     out = Path(a.out) if a.out else default_out(cfg)
     res = run_search(cfg, out=out, workers=a.workers, ray_address=a.ray_address, quiet=a.quiet)
     run = write_outputs(res, out, measure=a.measure, quiet=a.quiet)
@@ -222,9 +223,13 @@ def cmd_multipath(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- pooling placement
 @command("supernet-mixture")
 def cmd_mixture(a: argparse.Namespace) -> int:
-    from .pooling import MixtureConfig, PlacementSpace, run_mixture
+    from .pooling import MixtureConfig, PlacementSpace, StridePlacementSpace, run_mixture
 
-    space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
+    if a.space:
+        sspace = _space(a.space)
+        space = StridePlacementSpace(sspace, sspace.parse_id(a.reference) if a.reference else None)
+    else:
+        space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
     ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed),
                           a.subset, a.quiet)
     print(ranking.head(10).to_string(index=False))
@@ -333,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ray-address", help="join an existing Ray cluster")
     sp.add_argument("--tables-dir", help="folder with <space>/<device>.csv tables (default: ./latency_tables, shipped)")
     sp.add_argument("--predictor", help="accuracy predictor JSON (default: predictors/<space>/cifar10.json)")
+    sp.add_argument("--placement-ranking", metavar="CSV",
+                    help="stride-placement ranking from nas supernet-mixture --space: enables the objective "
+                         "placement_score")
     sp.add_argument("--storage", help="optuna: storage URL (default: SQLite in the run folder)")
     sp.add_argument("--out", help="run folder (default: runs/<space>-<controller>-<config hash>)")
     sp.add_argument("--measure", action="store_true", help="re-measure the front end to end on this device")
@@ -411,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("supernet-mixture", help="rank downsampling placements with a balanced mixture of supernets")
     sp.add_argument("--models", type=int, default=4, help="M supernets (1: a single supernet)")
     sp.add_argument("--epochs", type=float, default=20.0)
+    sp.add_argument("--space", help="rank the stride placements of this search space (e.g. "
+                    "mobilenetv3_cifar_placement) instead of the ResNet20-like pooling space")
+    sp.add_argument("--reference", metavar="ARCH_ID",
+                    help="with --space: the other decisions (default: every decision at its middle choice)")
     sp.add_argument("--blocks", type=int, default=9)
     sp.add_argument("--pools", type=int, default=2)
     sp.add_argument("--base-width", type=int, default=16)

@@ -13,7 +13,7 @@ from .latency import LatencyTable
 from .objectives import BUILTIN, Constraint, Objective
 from .predictor.model import Predictor
 from .resources import shipped_dir
-from .space import SearchSpace
+from .space import SearchSpace, placement_name
 
 DEFAULT_DATASET = "cifar10"
 
@@ -31,18 +31,43 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
                     "pass --predictor FILE, build one with nas pipeline, or use proxy_accuracy")
 
 
+def load_placement_scores(space: SearchSpace, path: str | os.PathLike) -> np.ndarray:
+    """Score per stride placement of ``space`` (in the order of ``space.placements``) from a ranking CSV
+    written by ``nas supernet-mixture --space`` (columns ``placement`` and ``supernet_accuracy``)."""
+    from .io import read_csv
+
+    where = str(path)
+    if not space.searches_strides:
+        raise UserError(where, f"space {space.name} does not search stride placements",
+                        "use a space with downsampling.total (e.g. mobilenetv3_cifar_placement)")
+    frame = read_csv(path, "placement ranking")
+    for col in ("placement", "supernet_accuracy"):
+        if col not in frame.columns:
+            raise UserError(where, f"placement ranking lacks column {col!r}", "write it with nas supernet-mixture --space")
+    score = dict(zip(frame["placement"].astype(str), frame["supernet_accuracy"].astype(float)))
+    names = [placement_name(p) for p in space.placements]
+    missing = [n for n in names if n not in score]
+    if missing:
+        raise UserError(where, f"no score for placement(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+                        f"rank every placement of {space.name} with nas supernet-mixture --space {space.name}")
+    return np.array([score[n] for n in names])
+
+
 class Evaluator:
-    """Objectives by name: ``accuracy``, ``latency@<device>``, ``macs``, ``params``, ``proxy_accuracy``.
+    """Objectives by name: ``accuracy``, ``latency@<device>``, ``macs``, ``params``, ``proxy_accuracy``, and
+    ``placement_score`` (the stride placement's score from a mixture-of-supernets ranking).
 
     ``evaluate`` also returns ``macs``, ``params`` and every constrained quantity, so that output CSVs
     carry all metrics.
     """
 
     def __init__(self, space: SearchSpace, objectives: list[Objective], constraints: list[Constraint] = (),
-                 tables: Optional[dict[str, LatencyTable]] = None, predictor: Optional[Predictor] = None):
+                 tables: Optional[dict[str, LatencyTable]] = None, predictor: Optional[Predictor] = None,
+                 placement_scores: Optional[np.ndarray] = None):
         self.space, self.objectives, self.constraints = space, list(objectives), list(constraints)
         self.tables = dict(tables or {})
         self.predictor = predictor
+        self.placement_scores = None if placement_scores is None else np.asarray(placement_scores, dtype=np.float64)
         names = [o.name for o in objectives] + [c.name for c in constraints]
         for name in names:
             self._check_name(name)
@@ -51,12 +76,14 @@ class Evaluator:
 
     @classmethod
     def build(cls, space: SearchSpace, objectives: list[Objective], constraints: list[Constraint] = (),
-              tables_dir: Optional[str] = None, predictor_path: Optional[str] = None) -> "Evaluator":
+              tables_dir: Optional[str] = None, predictor_path: Optional[str] = None,
+              placement_ranking: Optional[str] = None) -> "Evaluator":
         names = [o.name for o in objectives] + [c.name for c in constraints]
         devices = list(dict.fromkeys(n.split("@", 1)[1] for n in names if n.startswith("latency@")))
         tables = {d: LatencyTable.find(space, d, tables_dir) for d in devices}
         predictor = find_predictor(space, predictor_path) if "accuracy" in names else None
-        return cls(space, objectives, constraints, tables, predictor)
+        scores = load_placement_scores(space, placement_ranking) if placement_ranking else None
+        return cls(space, objectives, constraints, tables, predictor, scores)
 
     def _check_name(self, name: str) -> None:
         if name.startswith("latency@"):
@@ -65,9 +92,12 @@ class Evaluator:
         elif name == "accuracy":
             if self.predictor is None:
                 raise UserError(name, "needs an accuracy predictor", "pass --predictor or use proxy_accuracy")
+        elif name == "placement_score":
+            if self.placement_scores is None:
+                raise UserError(name, "needs a placement ranking", "pass --placement-ranking FILE.csv")
         elif name not in BUILTIN:
             raise UserError(name, "unknown objective or metric",
-                            "use accuracy, latency@<device>, macs, params or proxy_accuracy")
+                            "use accuracy, latency@<device>, macs, params, proxy_accuracy or placement_score")
 
     def evaluate(self, pop: np.ndarray) -> dict[str, np.ndarray]:
         pop = self.space.check_pop(pop)
@@ -83,6 +113,8 @@ class Evaluator:
                 out[name] = cost.params(self.space, pop)
             elif name == "proxy_accuracy":
                 out[name] = proxy_accuracy(self.space, pop)
+            elif name == "placement_score":
+                out[name] = self.placement_scores[pop[:, -1]]
         return out
 
     def provenance(self) -> dict[str, Any]:
@@ -92,6 +124,10 @@ class Evaluator:
             prov[f"table_hash@{d}"] = t.content_hash
         if self.predictor is not None:
             prov["predictor_version"] = self.predictor.version
+        if self.placement_scores is not None:
+            import hashlib
+
+            prov["placement_ranking_hash"] = hashlib.sha256(self.placement_scores.tobytes()).hexdigest()[:12]
         return prov
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import UserError
 
-BUILTIN = {"accuracy": "max", "macs": "min", "params": "min", "proxy_accuracy": "max"}
+BUILTIN = {"accuracy": "max", "macs": "min", "params": "min", "proxy_accuracy": "max", "placement_score": "max"}
 
 
 @dataclass(frozen=True)

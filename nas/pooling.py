@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import UserError
 from .io import write_csv, write_json
+from .space import Arch, SearchSpace, placement_name
 from .supernet import batch_statistics
 
 
@@ -65,6 +66,12 @@ class PlacementSpace:
     def name(self, placement: tuple[int, ...]) -> str:
         return "pool@" + ",".join(map(str, placement))
 
+    def build_supernet(self) -> "PlacementNet":
+        return PlacementNet(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "resnet20-like", **asdict(self)}
+
     def macs(self, placement: tuple[int, ...], size: int = 32) -> int:
         widths, h, total = self.widths(placement), size, size * size * 3 * self.base_width * 9
         cin = self.base_width
@@ -74,6 +81,79 @@ class PlacementSpace:
             total += h * h * 9 * (cin * w + w * w) + (h * h * cin * w if cin != w else 0)
             cin = w
         return total + cin * self.num_classes
+
+
+class StridePlacementSpace:
+    """The stride placements of a :class:`~nas.space.SearchSpace` that searches them (``downsampling.total``),
+    every other decision fixed to one reference architecture: the same mixture training ranks where a
+    MobileNetV3-like network should downsample, and ``nas search --placement-ranking`` uses the ranking.
+
+    The supernet is the space's elastic stages at their widest (weights shared across placements; a
+    placement only changes each stage's stride), the reference architecture's choices selected in each.
+    """
+
+    def __init__(self, space: SearchSpace, reference: Optional[Arch] = None):
+        if not space.searches_strides:
+            raise UserError(space.source, f"space {space.name} does not search stride placements",
+                            "use a space with downsampling.total (e.g. mobilenetv3_cifar_placement)")
+        self.space = space
+        mid = (np.asarray(space.n_choices) - 1) // 2  # every decision at its middle choice by default
+        self.reference = reference or space.decode(mid)
+        self.num_classes = space.frame.num_classes
+
+    @property
+    def placements(self) -> list[tuple[int, ...]]:
+        return list(self.space.placements)
+
+    def default(self) -> tuple[int, ...]:
+        return self.space.placements[0]
+
+    def name(self, placement: tuple[int, ...]) -> str:
+        return placement_name(placement)
+
+    def arch(self, placement: tuple[int, ...]) -> Arch:
+        vec = self.space.encode(self.reference)
+        vec[-1] = self.space.placements.index(tuple(placement))
+        return self.space.decode(vec)
+
+    def macs(self, placement: tuple[int, ...]) -> int:
+        from . import cost
+
+        return int(cost.macs(self.space, self.space.encode(self.arch(placement))[None])[0])
+
+    def build_supernet(self) -> "StrideSupernet":
+        return StrideSupernet(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "stride placement", "space": self.space.name, "reference": self.reference.id}
+
+
+class StrideSupernet(nn.Module):
+    """Stem, the elastic stages (widest weights) and head of a space; ``forward(x, placement)``."""
+
+    def __init__(self, ps: StridePlacementSpace):
+        super().__init__()
+        from .blocks import build_stem
+        from .supernet import ElasticHead, ElasticStage
+
+        space, f = ps.space, ps.space.frame
+        self.ps = ps
+        self.stem = build_stem(f)
+        self.stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
+                                     for s, st in enumerate(space.stages)])
+        self.head = ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
+        self.classifier = nn.Linear(f.head_features, f.num_classes)
+        self.choices = [{"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels,
+                         "se": sc.se, "act": sc.act} for sc in ps.reference.stages]
+
+    def forward(self, x: torch.Tensor, placement: tuple[int, ...]) -> torch.Tensor:
+        h = self.stem(x)
+        for stage, c, stride in zip(self.stages, self.choices, placement):
+            h = stage(h, {**c, "stride": stride})
+        return self.classifier(self.head(h))
+
+
+AnyPlacementSpace = Union[PlacementSpace, StridePlacementSpace]
 
 
 class SlicedBasicBlock(nn.Module):
@@ -158,7 +238,7 @@ class MixtureConfig:
     seed: int = 0
 
 
-def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str = "cpu",
+def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: str = "cpu",
                   quiet: bool = True) -> dict[str, Any]:
     """Train M supernets with the balanced mixture; return W, the final assignment and the models."""
     from .progress import progress_bar
@@ -167,7 +247,7 @@ def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str =
     rng = np.random.default_rng(cfg.seed)
     placements = space.placements
     n, M = len(placements), cfg.models
-    models = [PlacementNet(space).to(device) for _ in range(M)]
+    models = [space.build_supernet().to(device) for _ in range(M)]
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
             for m in models]
     W = np.full((n, M), 0.1)
@@ -204,7 +284,7 @@ def train_mixture(space: PlacementSpace, data, cfg: MixtureConfig, device: str =
 
 
 @torch.no_grad()
-def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None,
+def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None,
                      recal_batches: int = 20) -> pd.DataFrame:
     """Every placement evaluated (full validation split) on the model it is assigned to most strongly,
     after re-estimating that model's BN statistics for the placement."""
@@ -225,14 +305,13 @@ def score_placements(space: PlacementSpace, result: dict[str, Any], data, max_ba
     return pd.DataFrame(rows).sort_values("supernet_accuracy", ascending=False).reset_index(drop=True)
 
 
-def train_standalone(space: PlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,
+def train_standalone(space: AnyPlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,
                      seed: int = 0, device: str = "cpu") -> float:
     """One placement trained on its own (the same short recipe for all); test top-1."""
     from .train import TrainConfig, evaluate, train_model
 
     torch.manual_seed(seed)
-    net = PlacementNet(space)
-    model = _Fixed(net, placement)
+    model = _Fixed(space.build_supernet(), placement)
     data.train.reseed(seed)
     train_model(model, data.train, TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0.2, label_smoothing=0.0,
                                                seed=seed), device=device)
@@ -240,7 +319,7 @@ def train_standalone(space: PlacementSpace, placement: tuple[int, ...], data, ep
 
 
 class _Fixed(nn.Module):
-    def __init__(self, net: PlacementNet, placement: tuple[int, ...]):
+    def __init__(self, net: nn.Module, placement: tuple[int, ...]):
         super().__init__()
         self.net, self.placement = net, placement
 
@@ -284,7 +363,7 @@ def recalibrate_bn(model: nn.Module, placement: tuple[int, ...], batches: list[t
     model.eval()
 
 
-def run_mixture(space: PlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
+def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
                 subset: Optional[int] = None, quiet: bool = False) -> pd.DataFrame:
     """Train the mixture, write the placement ranking (CSV) and a summary."""
     from .data import load_data
@@ -294,7 +373,7 @@ def run_mixture(space: PlacementSpace, data_path: str | Path, out_dir: str | Pat
     res = train_mixture(space, data, cfg, quiet=quiet)
     ranking = score_placements(space, res, data)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
-    write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": asdict(space),
+    write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),
                                                       "seconds": res["seconds"], "W": res["W"].tolist(),
                                                       "assignment": res["P"].tolist(),
                                                       "best": ranking.iloc[0].to_dict()})

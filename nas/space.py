@@ -447,6 +447,11 @@ class SearchSpace(EncodedSpace):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def placement_name(strides: Sequence[int]) -> str:
+    """``strides@21221``: the per-stage strides of one placement (as in architecture ids after ``@``)."""
+    return "strides@" + "".join(map(str, strides))
+
+
 def uniform_mutation(rng: np.random.Generator, pop: np.ndarray, n_choices: np.ndarray, p: float,
                      step_prob: float = 0.0) -> np.ndarray:
     """Each gene moves with probability ``p`` to another of its choices: uniformly, or, with probability

@@ -141,7 +141,7 @@ class ElasticStage(nn.Module):
     def forward(self, x: torch.Tensor, c: dict[str, Any]) -> torch.Tensor:
         for j in range(int(c["depth"])):
             x = self.blocks[j](x, int(c["kernel"]), float(c["expansion"]), int(c["cout"]), bool(c["se"]),
-                               str(c["act"]), self.stride if j == 0 else 1)
+                               str(c["act"]), int(c.get("stride", self.stride)) if j == 0 else 1)
         return x if self.adapter is None else F.conv2d(x, self.adapter.weight[:, : int(c["cout"])])
 
     def adapter_matrix(self, cout: int) -> torch.Tensor:

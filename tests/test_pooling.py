@@ -92,3 +92,52 @@ def test_bn_recalibration_gives_each_placements_own_statistics():
         batch_out = net(x, p)
     # eval uses the unbiased running variance, training the biased one: equal up to that n/(n-1) factor
     torch.testing.assert_close(eval_out, batch_out, rtol=0.02, atol=0.02)
+
+
+def test_stride_placements_of_a_search_space_are_ranked_and_searched(synthetic_npz, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from conftest import MINI
+    from nas.cli import main
+    from nas.pooling import StridePlacementSpace
+    from nas.space import SearchSpace
+
+    cfg = json.loads(json.dumps(MINI))
+    cfg["name"] = "mini_placed"
+    cfg["stages"].append({"name": "s3", "base_width": 32})
+    for st in cfg["stages"]:
+        st["stride"] = [1, 2]
+    cfg["downsampling"] = {"total": 8}  # stem 2 x two of the three stages
+    path = tmp_path / "mini_placed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ps = StridePlacementSpace(SearchSpace.load(path))
+    assert len(ps.placements) == 3
+    net = ps.build_supernet()
+    for p in ps.placements:
+        assert net(torch.randn(2, 3, 32, 32), p).shape == (2, 10)
+    assert len({ps.macs(p) for p in ps.placements}) == 3  # where the network downsamples changes its cost
+
+    assert main(["supernet-mixture", "--space", str(path), "--models", "2", "--epochs", "1", "--data",
+                 str(synthetic_npz), "--out", str(tmp_path / "mix"), "--quiet"]) == 0
+    ranking_path = tmp_path / "mix" / "placement_ranking_M2.csv"
+    ranking = pd.read_csv(ranking_path)
+    assert sorted(ranking["placement"]) == sorted(ps.name(p) for p in ps.placements)
+
+    out = tmp_path / "search"
+    assert main(["search", "--space", str(path), "--placement-ranking", str(ranking_path), "--objectives",
+                 "placement_score,macs", "--evaluations", "40", "--population", "8", "--out", str(out),
+                 "--quiet"]) == 0
+    front = pd.read_csv(out / "pareto.csv")
+    assert set(front["placement_score"]) <= set(ranking["supernet_accuracy"])
+
+    ranking.iloc[1:].to_csv(tmp_path / "partial.csv", index=False)
+    capsys.readouterr()
+    assert main(["search", "--space", str(path), "--placement-ranking", str(tmp_path / "partial.csv"),
+                 "--objectives", "placement_score,macs", "--evaluations", "8", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "partial.csv" in err and "no score for placement" in err and "Traceback" not in err
+    assert main(["search", "--objectives", "placement_score,macs", "--evaluations", "8", "--quiet"]) != 0
+    assert "--placement-ranking" in capsys.readouterr().err

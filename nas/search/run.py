@@ -46,6 +46,7 @@ class SearchConfig:
     seed: int = 0
     tables_dir: Optional[str] = None
     predictor: Optional[str] = None
+    placement_ranking: Optional[str] = None
     storage: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
@@ -81,7 +82,8 @@ def build_problem(cfg: SearchConfig) -> Problem:
 
     objectives = parse_objectives(cfg.objectives)
     space = SearchSpace.load(cfg.space)
-    evaluator = Evaluator.build(space, objectives, constraints, cfg.tables_dir, cfg.predictor)
+    evaluator = Evaluator.build(space, objectives, constraints, cfg.tables_dir, cfg.predictor,
+                                cfg.placement_ranking)
     return Problem(space, evaluator, objectives, constraints, False)
 
 
