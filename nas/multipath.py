@@ -44,7 +44,7 @@ from .io import write_json
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
-from .supernet import ElasticHead, ElasticStage, batch_statistics
+from .supernet import ElasticHead, ElasticStage, batch_statistics, stage_choices
 
 KNOWN_DOMAINS = {"cifar10": ("../shared/data/cifar10.npz", 10), "fashion-mnist": ("/usr/share/datasets/fashion-mnist", 10)}
 
@@ -102,11 +102,6 @@ def load_domains(specs: list[DomainSpec], space: SearchSpace, batch_size: int, s
 
 
 # ---------------------------------------------------------------------- supernet
-def choices(sc) -> dict[str, Any]:
-    return {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
-            "act": sc.act}
-
-
 class MultiPathSupernet(nn.Module):
     def __init__(self, space: SearchSpace, num_classes: dict[str, int]):
         super().__init__()
@@ -121,7 +116,7 @@ class MultiPathSupernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: Arch, domain: str) -> torch.Tensor:
         h = self.stem(x)
         for stage, sc in zip(self.stages, arch.stages):
-            h = stage(h, choices(sc))
+            h = stage(h, stage_choices(sc))
         return self.classifiers[domain](self.head(h))
 
 
@@ -467,7 +462,7 @@ class JointModel(nn.Module):
             for d, arch in self.paths.items():
                 for s, k in enumerate(self.route[d]):
                     o = stage_choice_option(arch, s)
-                    _load_unsplit(self.nodes[k], net.stages[s].export_option(choices(arch.stages[s]), o.cin))
+                    _load_unsplit(self.nodes[k], net.stages[s].export_option(stage_choices(arch.stages[s]), o.cin))
                 _load_unsplit(self.heads[self.head_key(d)], net.head.export(arch.stages[-1].channels))
                 self.classifiers[d].load_state_dict(net.classifiers[d].state_dict())
 

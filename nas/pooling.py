@@ -134,7 +134,7 @@ class StrideSupernet(nn.Module):
     def __init__(self, ps: StridePlacementSpace):
         super().__init__()
         from .blocks import build_stem
-        from .supernet import ElasticHead, ElasticStage
+        from .supernet import ElasticHead, ElasticStage, stage_choices
 
         space, f = ps.space, ps.space.frame
         self.ps = ps
@@ -143,8 +143,7 @@ class StrideSupernet(nn.Module):
                                      for s, st in enumerate(space.stages)])
         self.head = ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
         self.classifier = nn.Linear(f.head_features, f.num_classes)
-        self.choices = [{"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels,
-                         "se": sc.se, "act": sc.act} for sc in ps.reference.stages]
+        self.choices = [stage_choices(sc) for sc in ps.reference.stages]
 
     def forward(self, x: torch.Tensor, placement: tuple[int, ...]) -> torch.Tensor:
         h = self.stem(x)

@@ -121,6 +121,12 @@ class ElasticIR(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
+def stage_choices(sc) -> dict[str, Any]:
+    """The choices of one :class:`~nas.space.StageChoice` as :meth:`ElasticStage.forward` takes them."""
+    return {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
+            "act": sc.act, "width": sc.width}
+
+
 class ElasticStage(nn.Module):
     """All options of one stage, sharing weights; ``forward(x, choices)`` runs one option."""
 

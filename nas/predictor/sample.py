@@ -20,6 +20,7 @@ from ..blocks import build_model
 from ..latency.engine import append_jsonl, load_jsonl
 from ..progress import progress_bar
 from ..space import Arch, SearchSpace
+from ..supernet import stage_choices
 from ..train import TrainConfig, evaluate, train_model
 from .distill import load_stage_weights, recalibrate, teacher_features
 from .teacher import load_teacher
@@ -57,8 +58,7 @@ def build_from_blocks(space: SearchSpace, arch: Arch, teacher_arch: Arch, teache
     cin = arch.frame.first_channels
     for s, sc in enumerate(arch.stages):
         stage_net = load_stage_weights(space, teacher_arch, s, Path(blocks_dir) / f"stage{s}.safetensors")
-        c = {"depth": sc.depth, "kernel": sc.kernel, "expansion": sc.expansion, "cout": sc.channels, "se": sc.se,
-             "act": sc.act, "width": sc.width}
+        c = stage_choices(sc)
         recalibrate(stage_net, c, [teacher_features(teacher, x, s)[0][:, :cin] for x in recal_images])
         # stage s learned on the first `cin` channels of the teacher's input; the previous stage's raw output
         # reaches those channels through the first `cin` rows of its adapter: fold that square map in
