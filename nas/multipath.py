@@ -3,16 +3,17 @@
 One supernet serves several domains. Each domain takes its own path (one option per stage) chosen by its
 own REINFORCE controller (the search's ``rl`` controller, reused); nodes that several domains choose are
 shared, the others domain-specific. The stem is shared; the head's convolutions are a fixed node (shared by
-domains whose last stage has the same width); each domain has its own classifier.
+domains whose last stage has the same width); each domain has its own classifier, and its own norm layers
+in every module it shares (:class:`DomainBatchNorm`).
 
 Search: every step picks a domain (see :class:`Prioritiser`), samples that domain's path (uniformly during a
 warm-up, as TuNAS, then from its controller), and trains the supernet on one batch of that domain along
-the path. Every few steps the domain's controller scores a few sampled paths on a held-out batch
+the path. Every few steps every domain's controller scores a few sampled paths on a held-out batch
 (reward = accuracy, measured with the batch's own norm statistics; optionally times the MnasNet latency
-term and a sharing term ``sharing_ratio ** -share_weight``, where ``sharing_ratio`` is the joint model's
-unique parameters over the sum of separate networks with this domain on the candidate path and the other
-domains on their current most likely paths, so a controller gains by reusing nodes the others use) and takes
-a policy-gradient step.
+term; and times a sharing term ``soft_sharing_ratio ** -share_weight``: the joint model's unique parameters
+over those of separate networks, with this domain on the candidate path and the others on their current
+most likely paths, each stage counted as shared in proportion to how many of its attributes agree, so that
+a controller gains by moving toward nodes the others use) and takes a policy-gradient step.
 
 Result: each domain's most likely path, the shared/specific node map, and a joint model (one module per
 distinct node, each counted once) trained with all domains and exportable to ONNX per domain.
@@ -169,7 +170,7 @@ class MultipathConfig:
     controller_lr: float = 0.1
     latency_weight: float = 0.0  # MnasNet w; 0 = accuracy only
     latency_target: Optional[float] = None
-    share_weight: float = 0.3  # reward x sharing_ratio**-share_weight; 0 = no incentive to share nodes
+    share_weight: float = 0.5  # reward x soft_sharing_ratio**-share_weight; 0 = no incentive to share nodes
     prioritise: str = "lagging"
     temperature: float = 0.05
     floor: float = 0.2
@@ -248,11 +249,10 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
         return np.array(accs)
 
     def sharing_bonus(domain: str, pop: np.ndarray) -> np.ndarray:
-        """``sharing_ratio ** -share_weight`` of the joint model with this domain on each candidate path and
-        every other domain on its controller's current most likely path."""
-        others = {d: space.decode(most_likely(c)) for d, c in controllers.items() if d != domain}
-        ratios = [sharing_ratio(space, {**others, domain: a}) for a in space.decode_many(pop)]
-        return np.asarray(ratios) ** -cfg.share_weight
+        """``soft_sharing_ratio ** -share_weight`` of each candidate path of this domain against every other
+        domain's current most likely path."""
+        others = [space.decode(most_likely(c)) for d, c in controllers.items() if d != domain]
+        return soft_sharing_ratio(space, space.decode_many(pop), others) ** -cfg.share_weight
 
     bonus = sharing_bonus if cfg.share_weight and len(domains) > 1 else None
 
@@ -273,12 +273,17 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
             opt.step()
             step += 1
             if step % cfg.controller_every == 0:
-                if step >= cfg.warmup:
-                    acc = controller_step(space, controllers[d], d, reward, cfg.paths_per_update, latency, bonus)
-                else:
-                    acc = float(reward(d, space.sample(rng, 1)).mean())
-                prio.update(d, acc)
-                history.append({"step": step, "domain": d, "val_acc": acc, "loss": float(loss.detach())})
+                # every domain's controller learns at every controller step, whichever domain just trained:
+                # a domain the prioritiser rarely picks still gets a converged path
+                for dd in domains:
+                    if step >= cfg.warmup:
+                        acc = controller_step(space, controllers[dd], dd, reward, cfg.paths_per_update, latency,
+                                              bonus)
+                    else:
+                        acc = float(reward(dd, space.sample(rng, 1)).mean())
+                    prio.update(dd, acc)
+                    history.append({"step": step, "domain": dd, "val_acc": acc, "trained": d,
+                                    "loss": float(loss.detach())})
             bar.advance(task)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 extra = {"step": step, "seconds": seconds + time.time() - t0, "prio": prio.state_dict(),
@@ -360,6 +365,38 @@ def sharing_ratio(space: SearchSpace, paths: dict[str, Arch]) -> float:
     joint = unique_costs(space, paths, classes, domain_norms=False)["unique_params"]
     alone = sum(unique_costs(space, {d: a}, {d: 0}, domain_norms=False)["unique_params"] for d, a in paths.items())
     return joint / alone
+
+
+def soft_sharing_ratio(space: SearchSpace, candidates: list[Arch], others: list[Arch]) -> np.ndarray:
+    """A smooth stand-in for :func:`sharing_ratio`, one value per candidate path against ``others``.
+
+    Two independent controllers almost never sample exactly the same node (six decisions and the input
+    width must all agree: 1 in ~1,000 per stage here), so an exact-sharing reward gives REINFORCE no signal.
+    Here each stage saves its parameters in proportion to how many of its seven attributes (six decisions,
+    input width) agree with the closest other path; full agreement is a real shared node.
+    """
+    def stage_params(a: Arch) -> np.ndarray:
+        return np.array([stage_cost(stage_choice_option(a, s))[1] for s in range(len(space.stages))], float)
+
+    def attrs(a: Arch) -> np.ndarray:
+        cin = [space.frame.first_channels] + [sc.channels for sc in a.stages[:-1]]
+        return np.array([[sc.depth, sc.kernel, sc.expansion, sc.width, sc.se, sc.act == "relu", c]
+                         for sc, c in zip(a.stages, cin)], float)
+
+    def fixed(a: Arch) -> float:  # stem, head and classifier: shared (approximately) by all paths
+        return unique_costs(space, {"_": a}, {"_": 0}, domain_norms=False)["unique_params"] - stage_params(a).sum()
+
+    other_attrs = [attrs(o) for o in others]
+    other_fixed = [fixed(o) for o in others]
+    separate_others = sum(f + stage_params(o).sum() for f, o in zip(other_fixed, others))
+    out = []
+    for c in candidates:
+        p, a, f = stage_params(c), attrs(c), fixed(c)
+        agree = np.max([(a == oa).mean(axis=1) for oa in other_attrs], axis=0)
+        separate = f + p.sum() + separate_others
+        saved = (agree * p).sum() + sum(min(f, g) for g in other_fixed)
+        out.append((separate - saved) / separate)
+    return np.asarray(out)
 
 
 def _frame_for(space: SearchSpace, num_classes: int):
@@ -576,4 +613,5 @@ def _here_cpu() -> str:
 
 __all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",
            "search_paths", "controller_step", "make_controllers", "node_map", "unique_costs", "sharing_ratio",
+           "soft_sharing_ratio",
            "DomainBatchNorm", "batch_statistics", "run_multipath"]

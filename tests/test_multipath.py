@@ -200,3 +200,18 @@ def test_sharing_incentive_makes_controllers_share_nodes(mini_space):
             controller_step(mini_space, ctl[d], d, flat, 8, bonus=bonus)
     end = sharing_ratio(mini_space, {d: mini_space.decode(most_likely(c)) for d, c in ctl.items()})
     assert start > 0.75 and end < start and end < 0.6
+
+
+def test_soft_sharing_ratio_agrees_with_the_exact_one_at_the_ends(mini_space):
+    from nas.multipath import sharing_ratio, soft_sharing_ratio
+
+    vec = mini_space.sample(np.random.default_rng(3), 2)
+    a, b = mini_space.decode(vec[0]), mini_space.decode(vec[1])
+    same = soft_sharing_ratio(mini_space, [a], [a])[0]
+    assert same == pytest.approx(sharing_ratio(mini_space, {"x": a, "y": a}), rel=0.02)
+    # one decision closer to the other path -> a lower (better) soft ratio, though no node is shared yet
+    closer = vec[1].copy()
+    j = int(np.flatnonzero(vec[0] != vec[1])[0])
+    closer[j] = vec[0][j]
+    soft = soft_sharing_ratio(mini_space, [b, mini_space.decode(closer)], [a])
+    assert soft[1] < soft[0] <= 1.0 and same < soft[1]
