@@ -25,8 +25,8 @@ from scipy.stats import kendalltau, spearmanr
 from nas import cost
 from nas.io import read_json
 from nas.latency.engine import load_jsonl
-from nas.predictor.distill import DistillConfig, distill_stage
-from nas.predictor.fit import fit_ridge, onehot_features
+from nas.predictor.distill import DistillConfig, distill_stage, load_block_quality
+from nas.predictor.fit import fit_predictor, fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
 from nas.predictor.pipeline import PipelineConfig, run_pipeline
 from nas.predictor.sample import recipe_id, run_samples, stratified_sample
@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "pipeline_cifar"))
     ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--extra-samples", type=int, default=0,
+                    help="fine-tune this many more fit samples (a second stratified draw) and refit on all of them")
     ap.add_argument("--heldout", type=int, default=20)
     ap.add_argument("--teacher-epochs", type=float, default=15)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
@@ -82,10 +84,21 @@ def main() -> None:
     heldout_wall = time.time() - t0
     acc = (accs[0] + accs[1]) / 2
 
+    if a.extra_samples:
+        held_ids = {x.id for x in space.decode_many(held)}
+        extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | held_ids)
+        run_samples(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
+                    a.workers, subset=a.subset, desc="extra fit samples")
+        fit_pop = np.concatenate([fit_pop, extra])
     recipe = recipe_id(cfg.finetune)
     sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe]
     by_id = {r["arch_id"]: r["val_top1"] for r in sample_recs if r["seed"] == cfg.finetune.seed}
     fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
+    if a.extra_samples:
+        info = {k: pred.meta[k] for k in ("dataset", "teacher", "finetune", "distill", "samples_file") if k in pred.meta}
+        nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
+        pred = fit_predictor(space, nsr, fit_pop, fit_acc, info, cfg.seed)
+        pred.save(out / f"predictor_m{len(fit_pop)}.json")
     predicted = pred.predict(held)
     macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]
     par_f, par_h = np.log(cost.params(space, fit_pop))[:, None], np.log(cost.params(space, held))[:, None]
@@ -134,7 +147,7 @@ def main() -> None:
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
                "baselines": baselines, "gt_repeat_tau": float(kendalltau(accs[0], accs[1]).statistic),
                "heldout_accuracy_range": [float(acc.min()), float(acc.max())],
-               "m_fit_samples": int(a.samples), "predictor": {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"],
+               "m_fit_samples": int(len(fit_pop)), "predictor": {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"],
                                                              "version": pred.version},
                "teacher": log.get("teacher"), "finetune_recipe": log["config"]["finetune"],
                "distill_recipe": log["config"]["distill"], "teacher_recipe": log["config"]["teacher"],
@@ -150,7 +163,7 @@ def main() -> None:
     if a.install:
         dest = ROOT / "predictors" / space.name / "cifar10.json"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "predictor.json", dest)
+        shutil.copyfile(pred.path, dest)
         Predictor.load(dest, space)
         print(f"installed {dest}")
 
