@@ -95,7 +95,8 @@ def main() -> None:
     by_id = {r["arch_id"]: r["val_top1"] for r in sample_recs if r["seed"] == cfg.finetune.seed}
     fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
     if a.extra_samples:
-        info = {k: pred.meta[k] for k in ("dataset", "teacher", "finetune", "distill", "samples_file") if k in pred.meta}
+        kept = ("dataset", "teacher", "finetune", "distill", "samples_file")
+        info = {k: pred.meta[k] for k in kept if k in pred.meta}
         nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
         pred = fit_predictor(space, nsr, fit_pop, fit_acc, info, cfg.seed)
         pred.save(out / f"predictor_m{len(fit_pop)}.json")
