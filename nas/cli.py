@@ -144,7 +144,13 @@ def cmd_predictor(a: argparse.Namespace) -> int:
 
         t = read_json(out / "teacher.json", "teacher report")
         info["teacher"] = {k: t[k] for k in ("arch_id", "val_top1", "test_top1")}
-    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), info, a.seed)
+    scores = None
+    if a.placement_ranking:
+        from .placement import load_placement_scores
+
+        scores = load_placement_scores(space, a.placement_ranking)
+    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), info, a.seed,
+                         placement_scores=scores)
     path = pred.save(a.predictor_out or out / "predictor.json")
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
           f" -> {path}")
@@ -376,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--finetune-epochs", type=float, default=None)
     sp.add_argument("--finetune-lr", type=float, default=None)
     sp.add_argument("--predictor-out", help="where to write the predictor JSON (default: OUT/predictor.json)")
+    sp.add_argument("--placement-ranking", metavar="CSV",
+                    help="fit: also try the stride placement's score (nas supernet-mixture --space) as a feature")
 
     sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
     data_args(sp, samples=True)

@@ -13,7 +13,8 @@ from .latency import LatencyTable
 from .objectives import BUILTIN, Constraint, Objective
 from .predictor.model import Predictor
 from .resources import shipped_dir
-from .space import SearchSpace, placement_name
+from .placement import load_placement_scores
+from .space import SearchSpace
 
 DEFAULT_DATASET = "cifar10"
 
@@ -29,28 +30,6 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
             return Predictor.load(p, space)
     raise UserError("accuracy", f"no predictor for space {space.name} and dataset {dataset}",
                     "pass --predictor FILE, build one with nas pipeline, or use proxy_accuracy")
-
-
-def load_placement_scores(space: SearchSpace, path: str | os.PathLike) -> np.ndarray:
-    """Score per stride placement of ``space`` (in the order of ``space.placements``) from a ranking CSV
-    written by ``nas supernet-mixture --space`` (columns ``placement`` and ``supernet_accuracy``)."""
-    from .io import read_csv
-
-    where = str(path)
-    if not space.searches_strides:
-        raise UserError(where, f"space {space.name} does not search stride placements",
-                        "use a space with downsampling.total (e.g. mobilenetv3_cifar_placement)")
-    frame = read_csv(path, "placement ranking")
-    for col in ("placement", "supernet_accuracy"):
-        if col not in frame.columns:
-            raise UserError(where, f"placement ranking lacks column {col!r}", "write it with nas supernet-mixture --space")
-    score = dict(zip(frame["placement"].astype(str), frame["supernet_accuracy"].astype(float)))
-    names = [placement_name(p) for p in space.placements]
-    missing = [n for n in names if n not in score]
-    if missing:
-        raise UserError(where, f"no score for placement(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
-                        f"rank every placement of {space.name} with nas supernet-mixture --space {space.name}")
-    return np.array([score[n] for n in names])
 
 
 class Evaluator:

@@ -172,3 +172,42 @@ def test_stratified_sample_spreads_over_macs(cifar_space):
     assert bins_hit(pop) >= 9  # one architecture per MACs decile (up to sampling noise of the bin edges)
     rand_hits = [bins_hit(cifar_space.sample(np.random.default_rng(s), 10)) for s in range(20)]
     assert bins_hit(pop) > np.mean(rand_hits)
+
+
+def test_placement_score_feature_is_fitted_saved_and_checked(tmp_path):
+    import json
+
+    import yaml
+
+    from conftest import MINI
+    from nas.predictor.fit import fit_predictor
+    from nas.space import SearchSpace
+
+    cfg = json.loads(json.dumps(MINI))
+    cfg["name"] = "mini_placed"
+    cfg["stages"].append({"name": "s3", "base_width": 32})
+    for st in cfg["stages"]:
+        st["stride"] = [1, 2]
+    cfg["downsampling"] = {"total": 8}
+    path = tmp_path / "mini_placed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    space = SearchSpace.load(path)
+    rng = np.random.default_rng(0)
+    nsr = [rng.random(st.n_options) for st in space.stages]
+    scores = np.array([0.70, 0.60, 0.65])
+    pop = space.sample(rng, 60)
+    _, opt, _ = space.grid_index(pop)
+    # accuracy = block quality + where the network downsamples (which the NSR features cannot see)
+    acc = 0.5 - 0.05 * sum(nsr[s][opt[:, s]] for s in range(3)) + scores[pop[:, -1]] + rng.normal(0, 0.002, 60)
+    pred = fit_predictor(space, nsr, pop, acc, {"dataset": "synthetic"}, placement_scores=scores)
+    assert "placement_score" in pred.meta["features"]
+    plain = max(v["kendall_tau"] for k, v in pred.meta["cv"].items() if "placement" not in k)
+    assert pred.meta["cv"][pred.meta["chosen"]]["kendall_tau"] > plain
+    saved = pred.save(tmp_path / "p.json")
+    again = Predictor.load(saved, space)
+    np.testing.assert_allclose(again.predict(pop), pred.predict(pop))
+    meta = json.loads(saved.read_text())
+    meta["placement_scores"] = meta["placement_scores"][:2]
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="placement scores"):
+        Predictor.load(tmp_path / "bad.json", space)

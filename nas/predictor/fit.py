@@ -68,16 +68,22 @@ def cross_validate(X: np.ndarray, y: np.ndarray, kind: str, folds: int = 5, repe
 def fit_predictor(space: SearchSpace, nsr: list[np.ndarray], pop: np.ndarray, acc: np.ndarray,
                   info: dict[str, Any], seed: int = 0, folds: int = 5, repeats: int = 4,
                   kinds: tuple[str, ...] = ("ridge", "mlp"),
-                  feature_sets: Optional[dict[str, tuple[str, ...]]] = None) -> Predictor:
-    """Fit every (model, feature set), keep the best by cross-validated Kendall tau; ties go to the simpler."""
+                  feature_sets: Optional[dict[str, tuple[str, ...]]] = None,
+                  placement_scores: Optional[np.ndarray] = None) -> Predictor:
+    """Fit every (model, feature set), keep the best by cross-validated Kendall tau; ties go to the simpler.
+
+    With ``placement_scores`` (one per stride placement of ``space``) every feature set is also tried with
+    the ``placement_score`` feature added."""
     if len(acc) < folds + 2:
         raise UserError("samples", f"only {len(acc)} fine-tuned samples", f"need at least {folds + 2}; run more")
     stage_names = [f"nsr_{st.name}" for st in space.stages]
-    feature_sets = feature_sets or FEATURE_SETS
+    feature_sets = dict(feature_sets or FEATURE_SETS)
+    if placement_scores is not None:
+        feature_sets.update({f"{k}+placement_score": (*v, "placement_score") for k, v in list(feature_sets.items())})
     cv, best = {}, None
     for fs_name, extras in feature_sets.items():
         names = stage_names + list(extras)
-        X = compute_features(space, nsr, names, pop)
+        X = compute_features(space, nsr, names, pop, placement_scores)
         for kind in kinds:
             score = cross_validate(X, acc, kind, folds, repeats, seed)
             cv[f"{kind}:{fs_name}"] = score
@@ -90,6 +96,8 @@ def fit_predictor(space: SearchSpace, nsr: list[np.ndarray], pop: np.ndarray, ac
             **info, "features": names, "model": model, "cv": cv, "chosen": f"{kind}:{_fs_name(names, stage_names)}",
             "n_samples": int(len(acc)), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "stage_nsr": [v.tolist() for v in nsr]}
+    if "placement_score" in names:
+        meta["placement_scores"] = np.asarray(placement_scores, dtype=float).tolist()
     return Predictor(meta).bind(space)
 
 

@@ -1,7 +1,8 @@
 """The accuracy predictor: per-stage block-quality features (distillation NSR) -> accuracy.
 
 Features of an architecture are looked up per stage from the block-quality table (one value per stage
-option), optionally with a few global extras; a ridge model (DONNA) or a small MLP maps them to top-1
+option), optionally with a few global extras (log MACs, log params, and for spaces that search where they
+downsample, the stride placement's score from a mixture-of-supernets ranking); a ridge model (DONNA) or a small MLP maps them to top-1
 accuracy. Everything is stored in one JSON file; ``predict`` is numpy over integer populations.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..space import SearchSpace
 
 FORMAT = "hwnas-predictor"
 VERSION = 1
-EXTRA_FEATURES = ("log_macs", "log_params")
+EXTRA_FEATURES = ("log_macs", "log_params", "placement_score")
 
 
 class Predictor:
@@ -80,6 +81,13 @@ class Predictor:
             raise UserError(where, "block-quality table does not match the space's stage options",
                             "refit the predictor for this space")
         self._nsr = [np.asarray(v, dtype=np.float64) for v in nsr]
+        self._placement = None
+        if "placement_score" in self.meta["features"]:
+            scores = self.meta.get("placement_scores")
+            if not space.searches_strides or scores is None or len(scores) != len(space.placements):
+                raise UserError(where, "placement scores do not match the space's stride placements",
+                                "refit the predictor with nas predictor fit --placement-ranking")
+            self._placement = np.asarray(scores, dtype=np.float64)
         self._space = space
         return self
 
@@ -91,15 +99,17 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def features(self, pop: np.ndarray) -> np.ndarray:
-        return compute_features(self.space, self._nsr, self.meta["features"], pop)
+        return compute_features(self.space, self._nsr, self.meta["features"], pop, self._placement)
 
     def predict(self, pop: np.ndarray) -> np.ndarray:
         """Predicted top-1 accuracy (0..1) per architecture, shape ``(n,)``."""
         return predict_from_features(self.meta["model"], self.features(pop))
 
 
-def compute_features(space: SearchSpace, nsr: list[np.ndarray], names: list[str], pop: np.ndarray) -> np.ndarray:
-    """Feature matrix: one NSR column per stage (``nsr_<stage>``), then the requested extras."""
+def compute_features(space: SearchSpace, nsr: list[np.ndarray], names: list[str], pop: np.ndarray,
+                     placement_scores: Optional[np.ndarray] = None) -> np.ndarray:
+    """Feature matrix: one NSR column per stage (``nsr_<stage>``), then the requested extras
+    (``placement_score``: the score of each row's stride placement, from ``placement_scores``)."""
     from .. import cost
 
     _, opt, _ = space.grid_index(pop)
@@ -108,6 +118,8 @@ def compute_features(space: SearchSpace, nsr: list[np.ndarray], names: list[str]
         cols["log_macs"] = np.log(cost.macs(space, pop))
     if "log_params" in names:
         cols["log_params"] = np.log(cost.params(space, pop))
+    if "placement_score" in names and placement_scores is not None:
+        cols["placement_score"] = np.asarray(placement_scores)[np.asarray(pop)[:, -1]]
     missing = [n for n in names if n not in cols]
     if missing:
         raise UserError("predictor", f"unknown feature(s) {missing}", "refit the predictor")
