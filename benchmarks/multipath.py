@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--retrain-epochs", type=float, default=3.0)
     ap.add_argument("--share-weight", type=float, default=MultipathConfig.share_weight)
+    ap.add_argument("--retrain-seeds", type=int, default=1,
+                    help="train every compared model with this many seeds; accuracies are the mean over seeds")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
@@ -77,7 +79,8 @@ def main() -> None:
     biggest = max(paths.values(), key=lambda i: count_params(build_model(space.parse_id(i))))
     jobs = {"multipath": ("joint", paths), "round_robin": ("joint", found["round_robin"]["paths"]),
             "single_domain": ("single", paths), "shared": ("joint", {d: biggest for d in paths})}
-    args = lambda kind, p: (kind, str(space.source), specs, p, cfg, a.subset)  # noqa: E731
+    seeds = list(range(a.retrain_seeds))
+    args = lambda kind, p, seed: (kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset)  # noqa: E731
     if a.workers > 0:
         import ray
 
@@ -85,12 +88,19 @@ def main() -> None:
 
         with ray_session(a.workers):
             task = ray.remote(num_cpus=1, max_retries=1)(train_variant)
-            refs = {k: task.remote(*args(kind, p), 1) for k, (kind, p) in jobs.items()}
-            results = {k: ray.get(ref) for k, ref in refs.items()}
+            refs = {(k, s): task.remote(*args(kind, p, s), 1) for s in seeds for k, (kind, p) in jobs.items()}
+            runs = {key: ray.get(ref) for key, ref in refs.items()}
     else:
-        results = {k: train_variant(*args(kind, p)) for k, (kind, p) in jobs.items()}
-    for r in results.values():
+        runs = {(k, s): train_variant(*args(kind, p, s)) for s in seeds for k, (kind, p) in jobs.items()}
+    results = {}
+    for k in jobs:
+        per_seed = [runs[(k, s)] for s in seeds]
+        r = dict(per_seed[0])
+        r["accuracy"] = {d: float(np.mean([x["accuracy"][d] for x in per_seed])) for d in r["accuracy"]}
         r["mean_accuracy"] = float(np.mean(list(r["accuracy"].values())))
+        r["per_seed_mean_accuracy"] = [float(np.mean(list(x["accuracy"].values()))) for x in per_seed]
+        r["seconds"] = float(np.mean([x["seconds"] for x in per_seed]))
+        results[k] = r
     mp, single, shared = results["multipath"], results["single_domain"], results["shared"]
     figures = {
         "domains": [asdict(s) for s in specs], "paths": paths, "shared_network_arch": biggest,
@@ -105,6 +115,7 @@ def main() -> None:
         "goals": {"within_1pt_of_single": mp["mean_accuracy"] >= single["mean_accuracy"] - 0.01,
                   "40pct_fewer_params_than_single": 1 - mp["unique_params"] / single["unique_params"] >= 0.4,
                   "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"]},
+        "retrain_seeds": seeds,
         "config": asdict(cfg), "search_seconds": {k: v["seconds"] for k, v in found.items()}}
     print({k: (v["mean_accuracy"], v["unique_params"]) for k, v in results.items()})
     write_result("multipath", figures)

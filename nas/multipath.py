@@ -170,7 +170,7 @@ class MultipathConfig:
     controller_lr: float = 0.1
     latency_weight: float = 0.0  # MnasNet w; 0 = accuracy only
     latency_target: Optional[float] = None
-    share_weight: float = 0.5  # reward x soft_sharing_ratio**-share_weight; 0 = no incentive to share nodes
+    share_weight: float = 0.75  # reward x soft_sharing_ratio**-share_weight; 0 = no incentive to share nodes
     prioritise: str = "lagging"
     temperature: float = 0.05
     floor: float = 0.2
