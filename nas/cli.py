@@ -417,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--latency-weight", type=float, default=0.0, help="MnasNet w (e.g. 0.07); 0: accuracy only")
     sp.add_argument("--latency-target", type=float, default=None)
     sp.add_argument("--share-weight", type=float, default=None,
-                    help="reward x (joint params / separate params)^-w, the incentive to share nodes (default 0.75); "
-                         "0: none")
+                    help="reward x (joint params / separate params)^-w, the incentive to share nodes "
+                         "(default 0.75); 0: none")
     sp.add_argument("--retrain-epochs", type=float, default=2.0)
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")
