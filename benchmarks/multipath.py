@@ -32,6 +32,7 @@ def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: Multi
     data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
     classes = {d: data[d].num_classes for d in data}
     paths = {d: space.parse_id(i) for d, i in paths_ids.items()}
+    torch.manual_seed(cfg.seed)  # initial weights: a Ray worker's global RNG state depends on its earlier tasks
     t0 = time.time()
     if kind == "single":
         out = {}

@@ -580,6 +580,7 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     found = search_paths(space, data, cfg, out, latency, quiet)
     paths = found["paths"]
     classes = {d: data[d].num_classes for d in data}
+    torch.manual_seed(cfg.seed)  # initial weights of nodes the supernet does not provide (init="scratch")
     joint = JointModel(space, paths, classes)
     if init == "supernet":
         joint.load_from_supernet(found["net"])
