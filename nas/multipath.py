@@ -354,7 +354,7 @@ def unique_costs(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[s
         p += (len(paths) - 1) * norm_params(build_stem(space.frame))
         options = {node_key(space, a, s): stage_choice_option(a, s) for a in paths.values() for s in range(len(space.stages))}
         p += sum((n - 1) * norm_params(build_stage(options[k])) for k, n in users.items() if n > 1)
-        p += sum((n - 1) * norm_params(build_head(trunk, cin)) for cin, n in head_users.items() if n > 1)
+        p += sum((n - 1) * norm_params(build_head(_frame_for(space, 1), cin)) for cin, n in head_users.items() if n > 1)
     return {"unique_params": int(p), "unique_macs": int(m), "nodes": len(users)}
 
 
