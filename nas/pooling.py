@@ -33,7 +33,7 @@ from torch import nn
 from .errors import UserError
 from .io import write_csv, write_json
 from .space import Arch, SearchSpace, placement_name
-from .supernet import batch_statistics
+from .supernet import SlicedBN, batch_statistics
 
 
 # ---------------------------------------------------------------------- space
@@ -161,29 +161,17 @@ class SlicedBasicBlock(nn.Module):
     def __init__(self, cmax: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cmax, cmax, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cmax)
+        self.bn1 = SlicedBN(cmax)
         self.conv2 = nn.Conv2d(cmax, cmax, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cmax)
+        self.bn2 = SlicedBN(cmax)
         self.proj = nn.Conv2d(cmax, cmax, 1, bias=False)
-        self.bnp = nn.BatchNorm2d(cmax)
-
-    @staticmethod
-    def _bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-        """``bn`` on the first channels, with nn.BatchNorm2d's running-statistics rules (momentum None:
-        cumulative average, as BN recalibration uses)."""
-        c = x.shape[1]
-        factor = bn.momentum
-        if bn.training and bn.momentum is None:
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked)
-        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c], bn.training,
-                            factor, bn.eps)
+        self.bnp = SlicedBN(cmax)
 
     def forward(self, x: torch.Tensor, cout: int) -> torch.Tensor:
         cin = x.shape[1]
-        h = F.relu(self._bn(self.bn1, F.conv2d(x, self.conv1.weight[:cout, :cin], padding=1)))
-        h = self._bn(self.bn2, F.conv2d(h, self.conv2.weight[:cout, :cout], padding=1))
-        skip = x if cin == cout else self._bn(self.bnp, F.conv2d(x, self.proj.weight[:cout, :cin]))
+        h = F.relu(self.bn1.sliced(F.conv2d(x, self.conv1.weight[:cout, :cin], padding=1)))
+        h = self.bn2.sliced(F.conv2d(h, self.conv2.weight[:cout, :cout], padding=1))
+        skip = x if cin == cout else self.bnp.sliced(F.conv2d(x, self.proj.weight[:cout, :cin]))
         return F.relu(h + skip)
 
 

@@ -34,7 +34,10 @@ def _act(x: torch.Tensor, act: str) -> torch.Tensor:
     return F.silu(x)
 
 
-class _SlicedBN(nn.BatchNorm2d):
+class SlicedBN(nn.BatchNorm2d):
+    """A BatchNorm at the largest width; narrower uses take the first channels (``sliced``), with
+    nn.BatchNorm2d's running-statistics rules (momentum None: cumulative average, as BN recalibration uses)."""
+
     def sliced(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         mom = 0.0 if self.momentum is None else self.momentum
@@ -69,12 +72,12 @@ class ElasticIR(nn.Module):
         mid_max = make_divisible(cin_max * emax)
         self.kmax = kmax
         self.conv_pw = nn.Conv2d(cin_max, mid_max, 1, bias=False)
-        self.bn1 = _SlicedBN(mid_max)
+        self.bn1 = SlicedBN(mid_max)
         self.conv_dw = nn.Conv2d(mid_max, mid_max, kmax, groups=mid_max, bias=False)
-        self.bn2 = _SlicedBN(mid_max)
+        self.bn2 = SlicedBN(mid_max)
         self.se = _SE(mid_max)
         self.conv_pwl = nn.Conv2d(mid_max, cout_max, 1, bias=False)
-        self.bn3 = _SlicedBN(cout_max)
+        self.bn3 = SlicedBN(cout_max)
 
     def forward(self, x: torch.Tensor, kernel: int, expansion: float, cout: int, se: bool, act: str,
                 stride: int) -> torch.Tensor:
@@ -198,7 +201,7 @@ def largest_choices(space: SearchSpace, stage: int) -> dict[str, Any]:
 def set_bn_recalibration(module: nn.Module, on: bool) -> None:
     """Switch sliced BNs to cumulative statistics (and reset them) for re-estimation on a few batches."""
     for m in module.modules():
-        if isinstance(m, _SlicedBN):
+        if isinstance(m, SlicedBN):
             if on:
                 m.reset_running_stats()
                 m.momentum = None
