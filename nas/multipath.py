@@ -45,7 +45,7 @@ from .io import write_json
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
-from .supernet import ElasticHead, ElasticStage, batch_statistics, stage_choices
+from .supernet import batch_statistics, elastic_trunk, stage_choices
 
 KNOWN_DOMAINS = {"cifar10": ("../shared/data/cifar10.npz", 10), "fashion-mnist": ("/usr/share/datasets/fashion-mnist", 10)}
 
@@ -106,13 +106,9 @@ def load_domains(specs: list[DomainSpec], space: SearchSpace, batch_size: int, s
 class MultiPathSupernet(nn.Module):
     def __init__(self, space: SearchSpace, num_classes: dict[str, int]):
         super().__init__()
-        f = space.frame
         self.space = space
-        self.stem = build_stem(f)
-        self.stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
-                                     for s, st in enumerate(space.stages)])
-        self.head = ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
-        self.classifiers = nn.ModuleDict({d: nn.Linear(f.head_features, n) for d, n in num_classes.items()})
+        self.stem, self.stages, self.head = elastic_trunk(space)
+        self.classifiers = nn.ModuleDict({d: nn.Linear(space.frame.head_features, n) for d, n in num_classes.items()})
 
     def forward(self, x: torch.Tensor, arch: Arch, domain: str) -> torch.Tensor:
         h = self.stem(x)

@@ -133,15 +133,11 @@ class StrideSupernet(nn.Module):
 
     def __init__(self, ps: StridePlacementSpace):
         super().__init__()
-        from .blocks import build_stem
-        from .supernet import ElasticHead, ElasticStage, stage_choices
+        from .supernet import elastic_trunk, stage_choices
 
-        space, f = ps.space, ps.space.frame
+        f = ps.space.frame
         self.ps = ps
-        self.stem = build_stem(f)
-        self.stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
-                                     for s, st in enumerate(space.stages)])
-        self.head = ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
+        self.stem, self.stages, self.head = elastic_trunk(ps.space)
         self.classifier = nn.Linear(f.head_features, f.num_classes)
         self.choices = [stage_choices(sc) for sc in ps.reference.stages]
 

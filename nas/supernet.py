@@ -191,6 +191,17 @@ class ElasticHead(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
+def elastic_trunk(space: SearchSpace) -> tuple[nn.Module, nn.ModuleList, "ElasticHead"]:
+    """Stem, every stage as an :class:`ElasticStage` (widest input) and an :class:`ElasticHead`: the shared
+    body of the multi-path and stride-placement supernets."""
+    from .blocks import build_stem
+
+    f = space.frame
+    stages = nn.ModuleList([ElasticStage(st, max(space.stage_cins[s]), None, st.strides[0])
+                            for s, st in enumerate(space.stages)])
+    return build_stem(f), stages, ElasticHead(max(space.head_cins), f.head_channels, f.head_features, f.head_act)
+
+
 def largest_choices(space: SearchSpace, stage: int) -> dict[str, Any]:
     st = space.stages[stage]
     return {"depth": max(st.depth), "kernel": max(st.kernel), "expansion": max(st.expansion),
