@@ -49,9 +49,11 @@ class Evolution(Controller):
             if self.seed_extremes and not self.seen and n >= 2:
                 cand[0], cand[1] = 0, np.asarray(self.space.n_choices) - 1
             return fresh_unique(self.space, self.rng, cand, self.seen, n)
+        rank, crowd = self._rank_and_crowding()  # fixed for this ask: computed once, not per retry
+        elite_crowd = crowding_distance(self.elite_F) if len(self.elite_X) > 1 else None
         out, keys = [], set()
         for _ in range(20):
-            children = self._children(2 * n)
+            children = self._children(2 * n, rank, crowd, elite_crowd)
             for row, key in zip(children, encode_rows(children)):
                 if key not in self.seen and key not in keys:
                     keys.add(key)
@@ -62,12 +64,10 @@ class Evolution(Controller):
         out.extend(fresh_unique(self.space, self.rng, self.space.sample(self.rng, n), self.seen | keys, n - len(out)))
         return np.stack(out)
 
-    def _children(self, n: int) -> np.ndarray:
-        rank, crowd = self._rank_and_crowding()
+    def _children(self, n: int, rank: np.ndarray, crowd: np.ndarray, elite_crowd: np.ndarray | None) -> np.ndarray:
         a = self.pop[self._tournament(rank, crowd, n)]
         b = self.pop[self._tournament(rank, crowd, n)]
-        if self.archive_prob > 0 and len(self.elite_X) > 1:
-            elite_crowd = crowding_distance(self.elite_F)
+        if self.archive_prob > 0 and elite_crowd is not None:
             i, j = self.rng.integers(0, len(self.elite_X), (2, n))
             from_elite = self.elite_X[np.where(elite_crowd[i] >= elite_crowd[j], i, j)]
             a = np.where((self.rng.random(n) < self.archive_prob)[:, None], from_elite, a)
