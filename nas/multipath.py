@@ -379,8 +379,10 @@ def soft_sharing_ratio(space: SearchSpace, candidates: list[Arch], others: list[
         return np.array([[sc.depth, sc.kernel, sc.expansion, sc.width, sc.se, sc.act == "relu", c]
                          for sc, c in zip(a.stages, cin)], float)
 
-    def fixed(a: Arch) -> float:  # stem, head and classifier: shared (approximately) by all paths
-        return unique_costs(space, {"_": a}, {"_": 0}, domain_norms=False)["unique_params"] - stage_params(a).sum()
+    trunk = _frame_for(space, 0)
+
+    def fixed(a: Arch) -> float:  # stem and head: shared (approximately) by all paths
+        return stem_cost(space.frame)[1] + head_cost(trunk, a.stages[-1].channels, space.final_resolution)[1]
 
     other_attrs = [attrs(o) for o in others]
     other_fixed = [fixed(o) for o in others]
