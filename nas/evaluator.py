@@ -11,9 +11,9 @@ from . import cost
 from .errors import UserError
 from .latency import LatencyTable
 from .objectives import BUILTIN, Constraint, Objective
+from .placement import load_placement_scores
 from .predictor.model import Predictor
 from .resources import shipped_dir
-from .placement import load_placement_scores
 from .space import SearchSpace
 
 DEFAULT_DATASET = "cifar10"

@@ -2,8 +2,8 @@
 
 Features of an architecture are looked up per stage from the block-quality table (one value per stage
 option), optionally with a few global extras (log MACs, log params, and for spaces that search where they
-downsample, the stride placement's score from a mixture-of-supernets ranking); a ridge model (DONNA) or a small MLP maps them to top-1
-accuracy. Everything is stored in one JSON file; ``predict`` is numpy over integer populations.
+downsample, the stride placement's score from a mixture-of-supernets ranking); a ridge model (DONNA) or a
+small MLP maps them to top-1 accuracy. Everything is stored in one JSON file; ``predict`` is numpy over integer populations.
 """
 from __future__ import annotations
 
