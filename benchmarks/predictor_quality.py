@@ -29,7 +29,7 @@ from nas.predictor.distill import DistillConfig, distill_stage, load_block_quali
 from nas.predictor.fit import fit_predictor, fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
 from nas.predictor.pipeline import PipelineConfig, run_pipeline
-from nas.predictor.sample import recipe_id, run_samples, stratified_sample
+from nas.predictor.sample import mean_accuracy, recipe_id, run_sample_seeds, run_samples, stratified_sample
 from nas.space import SearchSpace
 from nas.train import TrainConfig
 
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--extra-samples", type=int, default=0,
                     help="fine-tune this many more fit samples (a second stratified draw) and refit on all of them")
+    ap.add_argument("--sample-seeds", type=int, default=1,
+                    help="fine-tune every fit sample with this many seeds and fit the predictor on their mean")
     ap.add_argument("--heldout", type=int, default=20)
     ap.add_argument("--teacher-epochs", type=float, default=15)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
@@ -66,7 +68,7 @@ def main() -> None:
     cfg = PipelineConfig(teacher=TrainConfig(epochs=a.teacher_epochs, lr=0.1),
                          distill=DistillConfig(steps=a.distill_steps),
                          finetune=TrainConfig(epochs=a.finetune_epochs, lr=a.finetune_lr, warmup_epochs=0.1),
-                         samples=a.samples, subset=a.subset)
+                         samples=a.samples, sample_seeds=a.sample_seeds, subset=a.subset)
     pred = run_pipeline(space, a.data, out, cfg, workers=a.workers)
     log = read_json(out / "pipeline.json")
 
@@ -87,15 +89,14 @@ def main() -> None:
     if a.extra_samples:
         held_ids = {x.id for x in space.decode_many(held)}
         extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | held_ids)
-        run_samples(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
-                    a.workers, subset=a.subset, desc="extra fit samples")
+        run_sample_seeds(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
+                         a.sample_seeds, a.workers, subset=a.subset)
         fit_pop = np.concatenate([fit_pop, extra])
     recipe = recipe_id(cfg.finetune)
     sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe]
-    by_id = {r["arch_id"]: r["val_top1"] for r in sample_recs if r["seed"] == cfg.finetune.seed}
-    fit_acc = np.array([by_id[x.id] for x in space.decode_many(fit_pop)])
+    fit_acc = mean_accuracy(space, fit_pop, out / "samples.jsonl", cfg.finetune, a.sample_seeds)
     if a.extra_samples:
-        kept = ("dataset", "teacher", "finetune", "distill", "samples_file")
+        kept = ("dataset", "teacher", "finetune", "distill", "samples_file", "sample_seeds")
         info = {k: pred.meta[k] for k in kept if k in pred.meta}
         nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
         pred = fit_predictor(space, nsr, fit_pop, fit_acc, info, cfg.seed)
@@ -148,7 +149,7 @@ def main() -> None:
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
                "baselines": baselines, "gt_repeat_tau": float(kendalltau(accs[0], accs[1]).statistic),
                "heldout_accuracy_range": [float(acc.min()), float(acc.max())],
-               "m_fit_samples": int(len(fit_pop)), "predictor": {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"],
+               "m_fit_samples": int(len(fit_pop)), "sample_seeds": a.sample_seeds, "predictor": {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"],
                                                              "version": pred.version},
                "teacher": log.get("teacher"), "finetune_recipe": log["config"]["finetune"],
                "distill_recipe": log["config"]["distill"], "teacher_recipe": log["config"]["teacher"],

@@ -112,33 +112,21 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 @command("predictor")
 def cmd_predictor(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from .predictor.distill import load_block_quality
     from .predictor.fit import fit_predictor
-    from .predictor.sample import run_samples, stratified_sample
+    from .predictor.sample import mean_accuracy, run_sample_seeds, stratified_sample
 
     space, out = _space(a.space), Path(a.out)
     pop = stratified_sample(space, a.samples, a.seed)
+    cfg = _train_cfg(a, "finetune")
     if a.action == "sample":
-        recs = run_samples(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl",
-                           _train_cfg(a, "finetune"), a.workers,
-                           a.ray_address, a.subset, a.quiet)
-        print(f"{len(recs)} fine-tuned samples in {out}/samples.jsonl")
+        run_sample_seeds(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg,
+                         a.sample_seeds, a.workers, a.ray_address, a.subset, a.quiet)
+        print(f"{len(pop)} fine-tuned samples x {a.sample_seeds} seed(s) in {out}/samples.jsonl")
         return 0
-    from .latency.engine import load_jsonl
-    from .predictor.sample import recipe_id
-
-    recipe = recipe_id(_train_cfg(a, "finetune"))
-    by_id = {r["arch_id"]: r["val_top1"] for r in load_jsonl(str(out / "samples.jsonl"))
-             if r.get("recipe") == recipe and r["seed"] == a.seed}
-    ids = [x.id for x in space.decode_many(pop)]
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise UserError(out / "samples.jsonl", f"{len(missing)} of {len(ids)} samples are missing",
-                        "run nas predictor sample with the same --samples and --seed first")
+    acc = mean_accuracy(space, pop, out / "samples.jsonl", cfg, a.sample_seeds)
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-    info = {"dataset": a.dataset}
+    info = {"dataset": a.dataset, "sample_seeds": a.sample_seeds}
     if (out / "teacher.json").exists():
         from .io import read_json
 
@@ -149,8 +137,7 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         from .placement import load_placement_scores
 
         scores = load_placement_scores(space, a.placement_ranking)
-    pred = fit_predictor(space, nsr, pop, np.array([by_id[i] for i in ids]), info, a.seed,
-                         placement_scores=scores)
+    pred = fit_predictor(space, nsr, pop, acc, info, a.seed, placement_scores=scores)
     path = pred.save(a.predictor_out or out / "predictor.json")
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
           f" -> {path}")
@@ -164,7 +151,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 
     cfg = PipelineConfig(teacher=_train_cfg(a, "teacher"), distill=DistillConfig(steps=a.steps, seed=a.seed),
                          finetune=_train_cfg(a, "finetune"),
-                         samples=a.samples, seed=a.seed, subset=a.subset, dataset=a.dataset)
+                         samples=a.samples, sample_seeds=a.sample_seeds, seed=a.seed, subset=a.subset,
+                         dataset=a.dataset)
     pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet)
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
           f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
@@ -363,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset", default="cifar10", help="dataset name recorded in the predictor")
         if samples:
             sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
+            sp.add_argument("--sample-seeds", type=int, default=1, metavar="K",
+                            help="fine-tune every sample with K seeds (--seed .. --seed+K-1) and fit their mean")
         common(sp)
 
     sp = sub.add_parser("teacher", help="train the reference network, or load a user checkpoint")

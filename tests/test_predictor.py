@@ -211,3 +211,23 @@ def test_placement_score_feature_is_fitted_saved_and_checked(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="placement scores"):
         Predictor.load(tmp_path / "bad.json", space)
+
+
+def test_fit_targets_average_the_fine_tune_seeds(cifar_space, tmp_path):
+    from nas.latency.engine import append_jsonl
+    from nas.predictor.sample import mean_accuracy, recipe_id, stratified_sample
+    from nas.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2.0, lr=0.01, seed=0)
+    other = TrainConfig(epochs=1.0, lr=0.01, seed=0)
+    pop = stratified_sample(cifar_space, 5, 0)
+    ids = [a.id for a in cifar_space.decode_many(pop)]
+    rows = [{"arch_id": i, "val_top1": 0.5 + 0.01 * k + 0.002 * s, "seed": s, "recipe": recipe_id(cfg)}
+            for k, i in enumerate(ids) for s in (0, 1)]
+    rows += [{"arch_id": i, "val_top1": 0.1, "seed": 0, "recipe": recipe_id(other)} for i in ids]  # never mixed in
+    results = tmp_path / "samples.jsonl"
+    append_jsonl(str(results), rows)
+    np.testing.assert_allclose(mean_accuracy(cifar_space, pop, results, cfg, 1), 0.5 + 0.01 * np.arange(5))
+    np.testing.assert_allclose(mean_accuracy(cifar_space, pop, results, cfg, 2), 0.501 + 0.01 * np.arange(5))
+    with pytest.raises(UserError, match=r"lack a fine-tune with seeds \[0, 1, 2\].*--sample-seeds"):
+        mean_accuracy(cifar_space, pop, results, cfg, 3)

@@ -11,15 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from ..io import read_json, write_json
 from ..space import SearchSpace
 from ..train import TrainConfig
 from .distill import DistillConfig, load_block_quality, run_distillation
 from .fit import fit_predictor
 from .model import Predictor
-from .sample import run_samples, stratified_sample
+from .sample import run_sample_seeds, stratified_sample
 from .teacher import train_teacher
 
 
@@ -29,6 +27,7 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=0.01, warmup_epochs=0.1))
     samples: int = 40
+    sample_seeds: int = 1  # fine-tunes per sample (seeds 0..k-1); the predictor fits their mean
     seed: int = 0
     subset: Optional[int] = None
     dataset: str = "cifar10"
@@ -58,13 +57,12 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
     phase("distill", lambda: run_distillation(space, out / "teacher", data_path, out / "blocks", cfg.distill,
                                               workers, ray_address, cfg.subset, quiet))
     pop = stratified_sample(space, cfg.samples, cfg.seed)
-    records = phase("samples", lambda: run_samples(space, pop, out / "teacher", out / "blocks", data_path,
-                                                   out / "samples.jsonl", cfg.finetune, workers, ray_address,
-                                                   cfg.subset, quiet))
-    acc = _accuracies(space, pop, records)
+    acc = phase("samples", lambda: run_sample_seeds(space, pop, out / "teacher", out / "blocks", data_path,
+                                                    out / "samples.jsonl", cfg.finetune, cfg.sample_seeds, workers,
+                                                    ray_address, cfg.subset, quiet))
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
     info = {"dataset": cfg.dataset, "teacher": log["teacher"], "finetune": asdict(cfg.finetune),
-            "distill": asdict(cfg.distill), "samples_file": "samples.jsonl"}
+            "distill": asdict(cfg.distill), "samples_file": "samples.jsonl", "sample_seeds": cfg.sample_seeds}
     pred = phase("fit", lambda: fit_predictor(space, nsr, pop, acc, info, cfg.seed))
     pred.save(out / "predictor.json")
     log["predictor"] = {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"][pred.meta["chosen"]]}
@@ -72,7 +70,3 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
     write_json(log_path, log)
     return pred
 
-
-def _accuracies(space: SearchSpace, pop: np.ndarray, records: list[dict]) -> np.ndarray:
-    by_id = {r["arch_id"]: r["val_top1"] for r in records}
-    return np.array([by_id[a.id] for a in space.decode_many(pop)])

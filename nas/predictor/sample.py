@@ -8,7 +8,7 @@ and scored on the validation split. Results are appended to a JSONL file as soon
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +17,7 @@ import torch
 
 from .. import cost
 from ..blocks import build_model
+from ..errors import UserError
 from ..latency.engine import append_jsonl, load_jsonl
 from ..progress import progress_bar
 from ..space import Arch, SearchSpace
@@ -143,3 +144,35 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
                 bar.advance(task)
     wanted = set(ids)
     return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and mine(r)]
+
+
+def run_sample_seeds(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
+                     data_path: str | Path, results: str | Path, cfg: TrainConfig, seeds: int = 1,
+                     workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
+                     quiet: bool = False) -> np.ndarray:
+    """Fine-tune every architecture with seeds ``cfg.seed .. cfg.seed + seeds - 1``; mean accuracy per row."""
+    for k in range(seeds):
+        run_samples(space, pop, teacher_dir, blocks_dir, data_path, results, replace(cfg, seed=cfg.seed + k),
+                    workers, ray_address, subset, quiet,
+                    desc="fine-tune samples" + (f" (seed {cfg.seed + k})" if seeds > 1 else ""))
+    return mean_accuracy(space, pop, results, cfg, seeds)
+
+
+def mean_accuracy(space: SearchSpace, pop: np.ndarray, results: str | Path, cfg: TrainConfig,
+                  seeds: int = 1) -> np.ndarray:
+    """Validation top-1 of each row of ``pop`` under ``cfg``'s recipe, averaged over ``seeds`` fine-tune seeds.
+
+    Averaging k seeds divides the fine-tune noise variance by k: the targets the predictor is fitted to,
+    and the cross-validation that picks the model, rank more like the true accuracies."""
+    recipe = recipe_id(cfg)
+    wanted = {cfg.seed + k for k in range(seeds)}
+    acc: dict[str, dict[int, float]] = {}
+    for r in load_jsonl(str(results)):
+        if r.get("recipe") == recipe and r["seed"] in wanted:
+            acc.setdefault(r["arch_id"], {})[r["seed"]] = r["val_top1"]
+    ids = [a.id for a in space.decode_many(pop)]
+    missing = [i for i in ids if len(acc.get(i, ())) < seeds]
+    if missing:
+        raise UserError(results, f"{len(missing)} of {len(ids)} samples lack a fine-tune with seeds {sorted(wanted)}",
+                        "run nas predictor sample with the same --samples, --seed and --sample-seeds first")
+    return np.array([np.mean(list(acc[i].values())) for i in ids])
