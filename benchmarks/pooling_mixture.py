@@ -25,6 +25,24 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
+def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, subset, device: str = "cpu",
+                 threads: int | None = None):
+    """Train one balanced mixture of M supernets and rank every placement with it."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    space = PlacementSpace(**space_kw)
+    data = load_data(data_path, seed=0, subset=subset, device=device)
+    t0 = time.time()
+    res = train_mixture(space, data, MixtureConfig(models=M, epochs=epochs), device=device, quiet=True)
+    ranking = score_placements(space, res, data)
+    info = {"seconds": time.time() - t0, "steps": res["steps"],
+            "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
+            "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
+    return ranking, info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
@@ -68,19 +86,26 @@ def main() -> None:
     standalone_wall = time.time() - t0
     gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
 
+    models = [int(m) for m in a.models.split(",")]
+    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.subset, a.device)  # noqa: E731
+    if a.workers > 0:  # one mixture per Ray task, one thread each
+        import ray
+
+        from nas.parallel import ray_session
+
+        with ray_session(a.workers):
+            task = ray.remote(num_cpus=1, max_retries=0)(mixture_task)
+            runs = dict(zip(models, ray.get([task.remote(*args(M), 1) for M in models])))
+    else:
+        runs = {M: mixture_task(*args(M)) for M in models}
     results = {}
-    for M in [int(m) for m in a.models.split(",")]:
-        data = load_data(a.data, seed=0, subset=a.subset, device=a.device)
-        t1 = time.time()
-        res = train_mixture(space, data, MixtureConfig(models=M, epochs=a.mixture_epochs), device=a.device, quiet=True)
-        ranking = score_placements(space, res, data)
+    for M, (ranking, info) in runs.items():
         ranking["standalone_accuracy"] = ranking["placement"].map(gt)
         ranking.to_csv(f"{a.out}/ranking_M{M}.csv", index=False)
         chosen = ranking.iloc[0]["placement"]
         results[f"M{M}"] = {
             "kendall_tau": float(kendalltau(ranking["supernet_accuracy"], ranking["standalone_accuracy"]).statistic),
-            "chosen": chosen, "chosen_standalone_accuracy": gt[chosen], "seconds": time.time() - t1,
-            "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist()}
+            "chosen": chosen, "chosen_standalone_accuracy": gt[chosen], **info}
         print(M, results[f"M{M}"])
     default = space.name(space.default())
     best_name = max(gt, key=gt.get)
