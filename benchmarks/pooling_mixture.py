@@ -25,8 +25,8 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
-def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, subset, device: str = "cpu",
-                 threads: int | None = None):
+def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset,
+                 device: str = "cpu", threads: int | None = None):
     """Train one balanced mixture of M supernets and rank every placement with it."""
     import torch
 
@@ -35,9 +35,9 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, subset, 
     space = PlacementSpace(**space_kw)
     data = load_data(data_path, seed=0, subset=subset, device=device)
     t0 = time.time()
-    res = train_mixture(space, data, MixtureConfig(models=M, epochs=epochs), device=device, quiet=True)
+    res = train_mixture(space, data, MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup), device=device, quiet=True)
     ranking = score_placements(space, res, data)
-    info = {"seconds": time.time() - t0, "steps": res["steps"],
+    info = {"seconds": time.time() - t0, "steps": res["steps"], "split_at_step": res["split_at"],
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
     return ranking, info
@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--base-width", type=int, default=8)
     ap.add_argument("--standalone-epochs", type=float, default=4.0)
     ap.add_argument("--mixture-epochs", type=float, default=12.0)
+    ap.add_argument("--mixture-warmup", type=float, default=0.0,
+                    help="epochs of one shared supernet before it is cloned into the M models")
     ap.add_argument("--models", default="1,4")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
@@ -87,7 +89,7 @@ def main() -> None:
     gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
 
     models = [int(m) for m in a.models.split(",")]
-    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.subset, a.device)  # noqa: E731
+    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.device)  # noqa: E731
     if a.workers > 0:  # one mixture per Ray task, one thread each
         import ray
 
@@ -114,6 +116,7 @@ def main() -> None:
     figures = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
                "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
                "recipe": {"standalone_epochs": a.standalone_epochs, "mixture_epochs": a.mixture_epochs,
+                          "mixture_warmup_epochs": a.mixture_warmup,
                           "data": a.data, "subset": a.subset},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],

@@ -224,7 +224,8 @@ def cmd_mixture(a: argparse.Namespace) -> int:
         space = StridePlacementSpace(sspace, sspace.parse_id(a.reference) if a.reference else None)
     else:
         space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
-    ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed),
+    ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed,
+                                                                 warmup_epochs=a.warmup_epochs),
                           a.subset, a.quiet)
     print(ranking.head(10).to_string(index=False))
     print(f"ranking of {len(ranking)} placements -> {a.out}/placement_ranking_M{a.models}.csv")
@@ -417,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("supernet-mixture", help="rank downsampling placements with a balanced mixture of supernets")
     sp.add_argument("--models", type=int, default=4, help="M supernets (1: a single supernet)")
     sp.add_argument("--epochs", type=float, default=20.0)
+    sp.add_argument("--warmup-epochs", type=float, default=0.0,
+                    help="train one supernet this long, then clone it into the M models (M > 1)")
     sp.add_argument("--space", help="rank the stride placements of this search space (e.g. "
                     "mobilenetv3_cifar_placement) instead of the ResNet20-like pooling space")
     sp.add_argument("--reference", metavar="ARCH_ID",

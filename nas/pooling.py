@@ -17,6 +17,7 @@ their largest width and sliced, so every placement is a path through one set of 
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -218,6 +219,7 @@ class MixtureConfig:
     tau_start: float = 1.0
     tau_end: float = 50.0
     w_decay: float = 0.9
+    warmup_epochs: float = 0.0  # train one supernet this long, then clone it into the M models
     seed: int = 0
 
 
@@ -236,6 +238,10 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
     W = np.full((n, M), 0.1)
     steps_per_epoch = len(data.train)
     total = int(cfg.epochs * steps_per_epoch)
+    # warm-up (as few-shot NAS splits a trained one-shot supernet): model 0 learns every placement for the
+    # first steps, then every model starts from its weights, so each of the M does not start from scratch
+    # with a 1/M share of the steps
+    split_at = min(int(cfg.warmup_epochs * steps_per_epoch), total) if M > 1 else 0
     val = _cycle(data.val)
     train = _cycle(data.train)
     t0 = time.time()
@@ -243,12 +249,17 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
     with progress_bar(quiet) as bar:
         task = bar.add_task(f"mixture M={M}", total=total)
         for step in range(total):
-            if step % steps_per_epoch == 0:  # a new epoch: a new, sharper balanced assignment
+            if step and step == split_at:
+                _clone_first(models, opts, W)
+            if step % steps_per_epoch == 0 or step == split_at:  # a new, sharper balanced assignment
                 frac = step / max(1, total - 1)
                 tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
                 P = assignment(W, tau)
             i = int(rng.integers(n))
-            k = int(rng.choice(M, p=P[i] / P[i].sum())) if M > 1 else 0
+            if step < split_at:
+                k = 0
+            else:
+                k = int(rng.choice(M, p=P[i] / P[i].sum())) if M > 1 else 0
             model, opt = models[k], opts[k]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -263,7 +274,18 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
                 acc = (model(xv, placements[i]).argmax(1) == yv).float().mean().item()
             W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
             bar.advance(task)
-    return {"W": W, "P": P, "models": models, "seconds": time.time() - t0, "steps": total}
+    if split_at == total and M > 1:
+        _clone_first(models, opts, W)
+        P = assignment(W, cfg.tau_end)
+    return {"W": W, "P": P, "models": models, "seconds": time.time() - t0, "steps": total, "split_at": split_at}
+
+
+def _clone_first(models: list[nn.Module], opts: list[torch.optim.Optimizer], W: np.ndarray) -> None:
+    """Every model (and its optimizer state) becomes a copy of model 0; so do their columns of W."""
+    for m, o in zip(models[1:], opts[1:]):
+        m.load_state_dict(models[0].state_dict())
+        o.load_state_dict(copy.deepcopy(opts[0].state_dict()))
+    W[:, 1:] = W[:, :1]
 
 
 @torch.no_grad()

@@ -141,3 +141,21 @@ def test_stride_placements_of_a_search_space_are_ranked_and_searched(synthetic_n
     assert "partial.csv" in err and "no score for placement" in err and "Traceback" not in err
     assert main(["search", "--objectives", "placement_score,macs", "--evaluations", "8", "--quiet"]) != 0
     assert "--placement-ranking" in capsys.readouterr().err
+
+
+def test_warmup_trains_one_supernet_then_clones_it(synthetic_npz):
+    from nas.data import load_data
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    data = load_data(synthetic_npz, batch_size=64, seed=3)
+    whole = train_mixture(space, data, MixtureConfig(models=3, epochs=1, batch_size=64, warmup_epochs=1, seed=3))
+    assert whole["split_at"] == whole["steps"]
+    first = whole["models"][0].state_dict()
+    for m in whole["models"][1:]:
+        assert all(torch.equal(first[k], v) for k, v in m.state_dict().items())
+    assert np.allclose(whole["W"], whole["W"][:, :1])
+    half = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=3),
+                         MixtureConfig(models=3, epochs=1, batch_size=64, warmup_epochs=0.5, seed=3))
+    assert 0 < half["split_at"] < half["steps"]
+    a, b = (m.state_dict() for m in half["models"][:2])
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # they trained apart after the split
