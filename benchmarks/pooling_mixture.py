@@ -10,8 +10,10 @@ chosen placement against the default one. Writes benchmarks/results/pooling_mixt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from _common import ROOT, write_result
@@ -25,7 +27,7 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
-def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset,
+def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
                  device: str = "cpu", threads: int | None = None):
     """Train one balanced mixture of M supernets and rank every placement with it."""
     import torch
@@ -35,7 +37,9 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     space = PlacementSpace(**space_kw)
     data = load_data(data_path, seed=0, subset=subset, device=device)
     t0 = time.time()
-    res = train_mixture(space, data, MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup), device=device, quiet=True)
+    cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
+    ckpt = Path(out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # resumable
+    res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=ckpt)
     ranking = score_placements(space, res, data)
     info = {"seconds": time.time() - t0, "steps": res["steps"], "split_at_step": res["split_at"],
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
@@ -89,7 +93,7 @@ def main() -> None:
     gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
 
     models = [int(m) for m in a.models.split(",")]
-    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.device)  # noqa: E731
+    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device)  # noqa: E731
     if a.workers > 0:  # one mixture per Ray task, one thread each
         import ray
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .io import write_csv, write_json
+from .io import atomic_path, write_csv, write_json
 from .space import Arch, SearchSpace, placement_name
 from .supernet import SlicedBN, batch_statistics
 
@@ -224,8 +225,13 @@ class MixtureConfig:
 
 
 def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: str = "cpu",
-                  quiet: bool = True) -> dict[str, Any]:
-    """Train M supernets with the balanced mixture; return W, the final assignment and the models."""
+                  quiet: bool = True, checkpoint: Optional[str | Path] = None,
+                  checkpoint_every: int = 200) -> dict[str, Any]:
+    """Train M supernets with the balanced mixture; return W, the final assignment and the models.
+
+    With ``checkpoint`` the state (models, optimizers, W, assignment, RNG, data position) is saved there
+    every ``checkpoint_every`` steps and at the end; a later call with the same file continues from it and
+    ends exactly as an uninterrupted run."""
     from .progress import progress_bar
 
     torch.manual_seed(cfg.seed)
@@ -242,13 +248,17 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
     # first steps, then every model starts from its weights, so each of the M does not start from scratch
     # with a 1/M share of the steps
     split_at = min(int(cfg.warmup_epochs * steps_per_epoch), total) if M > 1 else 0
-    val = _cycle(data.val)
+    P = assignment(W, cfg.tau_start)
+    start, seconds = 0, 0.0
+    fingerprint = json.dumps({"config": asdict(cfg), "space": space.describe(), "steps": total}, sort_keys=True,
+                             default=str)
+    if checkpoint is not None and Path(checkpoint).exists():
+        start, seconds, W, P = _load_mixture_checkpoint(checkpoint, fingerprint, models, opts, rng, data)
     train = _cycle(data.train)
     t0 = time.time()
-    P = assignment(W, cfg.tau_start)
     with progress_bar(quiet) as bar:
-        task = bar.add_task(f"mixture M={M}", total=total)
-        for step in range(total):
+        task = bar.add_task(f"mixture M={M}", total=total, completed=start)
+        for step in range(start, total):
             if step and step == split_at:
                 _clone_first(models, opts, W)
             if step % steps_per_epoch == 0 or step == split_at:  # a new, sharper balanced assignment
@@ -269,15 +279,45 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            xv, yv = next(val)
+            xv, yv = data.val.batch(step % len(data.val))
             with torch.no_grad(), batch_statistics(model):
                 acc = (model(xv, placements[i]).argmax(1) == yv).float().mean().item()
             W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
             bar.advance(task)
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
+                _save_mixture_checkpoint(checkpoint, fingerprint, step + 1, seconds + time.time() - t0, W, P,
+                                         models, opts, rng, data)
+                train = _cycle(data.train)  # continue from the saved position, as a resumed run does
     if split_at == total and M > 1:
         _clone_first(models, opts, W)
         P = assignment(W, cfg.tau_end)
-    return {"W": W, "P": P, "models": models, "seconds": time.time() - t0, "steps": total, "split_at": split_at}
+    return {"W": W, "P": P, "models": models, "seconds": seconds + time.time() - t0, "steps": total,
+            "split_at": split_at}
+
+
+def _save_mixture_checkpoint(path, fingerprint: str, step: int, seconds: float, W: np.ndarray, P: np.ndarray,
+                             models: list[nn.Module], opts: list[torch.optim.Optimizer], rng: np.random.Generator,
+                             data) -> None:
+    extra = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "W": W.tolist(), "P": P.tolist(),
+             "rng": rng.bit_generator.state, "train": data.train.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save({"models": [m.state_dict() for m in models], "opts": [o.state_dict() for o in opts],
+                    "extra": json.dumps(extra)}, tmp)
+
+
+def _load_mixture_checkpoint(path, fingerprint: str, models: list[nn.Module], opts: list[torch.optim.Optimizer],
+                             rng: np.random.Generator, data) -> tuple[int, float, np.ndarray, np.ndarray]:
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    extra = json.loads(st["extra"])
+    if extra["fingerprint"] != fingerprint:
+        raise UserError(path, "checkpoint was written by another mixture configuration, space or dataset size",
+                        "delete it, or use another output folder")
+    for m, o, ms, os_ in zip(models, opts, st["models"], st["opts"]):
+        m.load_state_dict(ms)
+        o.load_state_dict(os_)
+    rng.bit_generator.state = extra["rng"]
+    data.train.load_state_dict(extra["train"])
+    return extra["step"], extra["seconds"], np.array(extra["W"]), np.array(extra["P"])
 
 
 def _clone_first(models: list[nn.Module], opts: list[torch.optim.Optimizer], W: np.ndarray) -> None:
@@ -375,7 +415,7 @@ def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | 
 
     out = Path(out_dir)
     data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset)
-    res = train_mixture(space, data, cfg, quiet=quiet)
+    res = train_mixture(space, data, cfg, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
     ranking = score_placements(space, res, data)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
     write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),

@@ -159,3 +159,36 @@ def test_warmup_trains_one_supernet_then_clones_it(synthetic_npz):
     assert 0 < half["split_at"] < half["steps"]
     a, b = (m.state_dict() for m in half["models"][:2])
     assert not all(torch.equal(a[k], b[k]) for k in a)  # they trained apart after the split
+
+
+def test_interrupted_mixture_resumes_exactly(synthetic_npz, tmp_path):
+    from nas.data import load_data
+    from nas.errors import UserError
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    cfg = MixtureConfig(models=2, epochs=2, batch_size=64, warmup_epochs=0.5, seed=1)
+    whole = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=1), cfg)
+
+    data = load_data(synthetic_npz, batch_size=64, seed=1)
+    calls, real_batch = [0], data.val.batch
+
+    def dies_midway(i):  # the job is killed during step 7, after the checkpoint of step 5
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return real_batch(i)
+
+    data.val.batch = dies_midway
+    ckpt = tmp_path / "m.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_mixture(space, data, cfg, checkpoint=ckpt, checkpoint_every=5)
+    assert ckpt.exists()
+    resumed = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=1), cfg, checkpoint=ckpt,
+                            checkpoint_every=5)
+    np.testing.assert_array_equal(resumed["W"], whole["W"])
+    for a, b in zip(resumed["models"], whole["models"]):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(UserError, match="another mixture configuration"):
+        train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=1), MixtureConfig(models=2, epochs=1,
+                      batch_size=64, seed=1), checkpoint=ckpt)
