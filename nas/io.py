@@ -50,6 +50,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def write_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically (checkpoints: a kill mid-write leaves the previous one intact)."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+
+
 def write_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame atomically, without its index."""
     with atomic_path(path, suffix=".csv") as tmp:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import nn
 from .blocks import build_head, build_stage, build_stem
 from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
 from .errors import UserError
-from .io import write_json
+from .io import write_json, write_torch
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
@@ -286,7 +285,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                          "rng": rng.bit_generator.state,
                          "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
                          "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index}
-                _atomic_torch_save(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(),
+                write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(),
                                           "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
@@ -298,12 +297,6 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
 def _cycle(loader):
     while True:
         yield from loader
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- joint model and accounting

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_path, write_csv, write_json
+from .io import write_csv, write_json, write_torch
 from .space import Arch, SearchSpace, placement_name
 from .supernet import SlicedBN, batch_statistics
 
@@ -266,10 +266,7 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
                 tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
                 P = assignment(W, tau)
             i = int(rng.integers(n))
-            if step < split_at:
-                k = 0
-            else:
-                k = int(rng.choice(M, p=P[i] / P[i].sum())) if M > 1 else 0
+            k = int(rng.choice(M, p=P[i] / P[i].sum())) if M > 1 and step >= split_at else 0
             model, opt = models[k], opts[k]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -300,9 +297,8 @@ def _save_mixture_checkpoint(path, fingerprint: str, step: int, seconds: float, 
                              data) -> None:
     extra = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "W": W.tolist(), "P": P.tolist(),
              "rng": rng.bit_generator.state, "train": data.train.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save({"models": [m.state_dict() for m in models], "opts": [o.state_dict() for o in opts],
-                    "extra": json.dumps(extra)}, tmp)
+    write_torch(path, {"models": [m.state_dict() for m in models], "opts": [o.state_dict() for o in opts],
+                       "extra": json.dumps(extra)})
 
 
 def _load_mixture_checkpoint(path, fingerprint: str, models: list[nn.Module], opts: list[torch.optim.Optimizer],

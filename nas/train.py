@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import write_torch
 from .progress import progress_bar
 
 
@@ -126,9 +127,6 @@ def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optio
 
 
 def _save_checkpoint(path: Path, model, opt, step, history, loader) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
-                "loader": loader.state_dict() if hasattr(loader, "state_dict") else {},
-                "torch_rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    write_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                       "history": history, "loader": loader.state_dict() if hasattr(loader, "state_dict") else {},
+                       "torch_rng": torch.get_rng_state()})

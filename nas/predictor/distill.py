@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from ..cost import stage_cost
 from ..errors import UserError
-from ..io import write_csv, write_json
+from ..io import write_csv, write_json, write_torch
 from ..progress import progress_bar
 from ..space import SearchSpace, StageChoice, StageOption
 from ..supernet import ElasticStage, largest_choices, set_bn_recalibration
@@ -139,11 +138,8 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
 
 
 def _save(path: Path, net, opt, step, seconds, rng, loader) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds,
-                "rng": json.dumps(rng.bit_generator.state), "loader": loader.state_dict()}, tmp)
-    os.replace(tmp, path)
+    write_torch(path, {"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds,
+                       "rng": json.dumps(rng.bit_generator.state), "loader": loader.state_dict()})
 
 
 def save_stage_weights(net: ElasticStage, path: Path) -> None:
