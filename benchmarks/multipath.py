@@ -16,8 +16,8 @@ import numpy as np
 from _common import ROOT, write_result
 
 from nas.blocks import build_model, count_params
-from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths, train_joint,
-                           unique_costs)
+from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths,
+                           select_sharing, train_joint, unique_costs)
 from nas.space import SearchSpace
 
 
@@ -60,15 +60,20 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--retrain-epochs", type=float, default=3.0)
     ap.add_argument("--share-weight", type=float, default=MultipathConfig.share_weight)
+    ap.add_argument("--select-epochs", type=float, default=0.0,
+                    help="> 0: choose what to share by proxy retrains this long (multipath), and also retrain the "
+                         "controllers' own paths (multipath_controllers)")
     ap.add_argument("--retrain-seeds", type=int, default=1,
                     help="train every compared model with this many seeds; accuracies are the mean over seeds")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
+    ap.add_argument("--result-name", default="multipath")
     a = ap.parse_args()
     space = SearchSpace.load("mobilenetv3_cifar")
     specs = parse_domains(a.domains)
-    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs, share_weight=a.share_weight)
+    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs, share_weight=a.share_weight,
+                          select_epochs=a.select_epochs)
     found = {}
     for rule in ("lagging", "round_robin"):
         data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset)
@@ -80,6 +85,16 @@ def main() -> None:
     biggest = max(paths.values(), key=lambda i: count_params(build_model(space.parse_id(i))))
     jobs = {"multipath": ("joint", paths), "round_robin": ("joint", found["round_robin"]["paths"]),
             "single_domain": ("single", paths), "shared": ("joint", {d: biggest for d in paths})}
+    selection = None
+    if a.select_epochs > 0:
+        t0 = time.time()
+        sel = select_sharing(space, specs, {d: space.parse_id(i) for d, i in paths.items()}, cfg,
+                             f"{a.out}/lagging", a.subset, a.workers)
+        selected = {d: p.id for d, p in sel["paths"].items()}
+        selection = {"candidates": sel["candidates"], "chosen": selected, "seconds": time.time() - t0}
+        print("selected", selected)
+        jobs["multipath_controllers"] = jobs["multipath"]
+        jobs["multipath"] = ("joint", selected)
     seeds = list(range(a.retrain_seeds))
     args = lambda kind, p, seed: (kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset)  # noqa: E731
     if a.workers > 0:
@@ -104,7 +119,8 @@ def main() -> None:
         results[k] = r
     mp, single, shared = results["multipath"], results["single_domain"], results["shared"]
     figures = {
-        "domains": [asdict(s) for s in specs], "paths": paths, "shared_network_arch": biggest,
+        "domains": [asdict(s) for s in specs], "paths": dict(jobs["multipath"][1]), "controller_paths": paths,
+        "shared_network_arch": biggest,
         "multipath": mp, "single_domain": single, "shared": shared,
         "prioritisation": {"rule": "lagging (softmax of 1 - running val acc, temperature 0.05, floor 0.2)",
                            "mean_accuracy": mp["mean_accuracy"], "domain_steps": found["lagging"]["counts"]},
@@ -117,9 +133,10 @@ def main() -> None:
                   "40pct_fewer_params_than_single": 1 - mp["unique_params"] / single["unique_params"] >= 0.4,
                   "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"]},
         "retrain_seeds": seeds,
+        **({"selection": selection, "multipath_controllers": results["multipath_controllers"]} if selection else {}),
         "config": asdict(cfg), "search_seconds": {k: v["seconds"] for k, v in found.items()}}
     print({k: (v["mean_accuracy"], v["unique_params"]) for k, v in results.items()})
-    write_result("multipath", figures)
+    write_result(a.result_name, figures)
 
 
 if __name__ == "__main__":

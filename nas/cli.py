@@ -204,8 +204,8 @@ def cmd_multipath(a: argparse.Namespace) -> int:
     share = MultipathConfig.share_weight if a.share_weight is None else a.share_weight
     cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, prioritise=a.prioritise, latency_weight=a.latency_weight,
                           latency_target=a.latency_target, share_weight=share, retrain_epochs=a.retrain_epochs,
-                          seed=a.seed)
-    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet)
+                          select_epochs=a.select_epochs, seed=a.seed)
+    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet, workers=a.workers)
     for d, arch_id in res["paths"].items():
         print(f"{d}: {arch_id}  test top-1 {res['accuracy'][d]:.4f}")
     shared = sum(len(v) > 1 for v in res["node_map"].values())
@@ -411,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reward x (joint params / separate params)^-w, the incentive to share nodes "
                          "(default 0.75); 0: none")
     sp.add_argument("--retrain-epochs", type=float, default=2.0)
+    sp.add_argument("--select-epochs", type=float, default=0.0,
+                    help="> 0: where the domains' paths differ, choose what to share by proxy retrains this long "
+                         "(0: each domain keeps its controller's most likely path)")
+    sp.add_argument("--workers", type=int, default=0, help="Ray workers for the proxy retrains (0: in-process)")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")
     common(sp)

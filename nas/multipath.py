@@ -16,7 +16,10 @@ most likely paths, each stage counted as shared in proportion to how many of its
 a controller gains by moving toward nodes the others use) and takes a policy-gradient step.
 
 Result: each domain's most likely path, the shared/specific node map, and a joint model (one module per
-distinct node, each counted once) trained with all domains and exportable to ONNX per domain.
+distinct node, each counted once) trained with all domains and exportable to ONNX per domain. Optionally
+(``select_epochs``), where the most likely paths differ, short proxy retrains of the joint models between
+them and full sharing decide what to share (:func:`select_sharing`): the reward sees one batch on shared
+weights, not that a shared node trains on every domain's data.
 
 Domain prioritisation (our rule; the paper's was not available): a domain is drawn with probability
 ``(1 - floor) * softmax(gap / temperature) + floor / K`` where ``gap = 1 - running validation accuracy``,
@@ -25,6 +28,7 @@ so lagging domains get more steps but no domain ever drops below ``floor / K``.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import time
@@ -172,6 +176,8 @@ class MultipathConfig:
     checkpoint_every: int = 200
     retrain_epochs: float = 2.0
     retrain_lr: float = 0.05
+    select_epochs: float = 0.0  # > 0: choose what to share by short proxy retrains (see select_sharing)
+    select_max: int = 16
     seed: int = 0
 
 
@@ -297,6 +303,97 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
 def _cycle(loader):
     while True:
         yield from loader
+
+
+# ---------------------------------------------------------------------- sharing selection
+def sharing_candidates(space: SearchSpace, paths: dict[str, Arch], limit: int = 16,
+                       seed: int = 0) -> list[dict[str, Arch]]:
+    """Joint models between the controllers' paths and full sharing: at every stage where the domains' options
+    differ, either each domain keeps its own option or all take one domain's option. The controllers' own
+    paths come first; beyond ``limit``, a seeded random subset of the rest."""
+    from dataclasses import replace
+
+    domains = list(paths)
+    differ = [s for s in range(len(space.stages)) if len({paths[d].stages[s] for d in domains}) > 1]
+    per_stage = [[None] + list(dict.fromkeys(paths[d].stages[s] for d in domains)) for s in differ]
+    out, seen = [], set()
+    for combo in itertools.product(*per_stage):
+        cand = {}
+        for d in domains:
+            stages = list(paths[d].stages)
+            for s, choice in zip(differ, combo):
+                stages[s] = choice if choice is not None else stages[s]
+            cand[d] = replace(paths[d], stages=tuple(stages))
+        key = tuple(a.id for a in cand.values())
+        if key not in seen:
+            seen.add(key)
+            out.append(cand)
+    if len(out) > limit:
+        rng = np.random.default_rng(seed)
+        out = [out[0]] + [out[i] for i in sorted(rng.choice(np.arange(1, len(out)), limit - 1, replace=False))]
+    return out
+
+
+def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Arch], cfg: MultipathConfig) -> dict:
+    """Train the joint model of ``paths`` from scratch for ``cfg.select_epochs``; validation accuracy per domain."""
+    torch.manual_seed(cfg.seed)
+    model = JointModel(space, paths, {d: data[d].num_classes for d in paths})
+    train_joint(model, data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
+    return evaluate_joint(model, data, split="val")
+
+
+def _proxy_task(space_source: str, specs: list[DomainSpec], ids: dict[str, str], cfg: MultipathConfig,
+                subset: Optional[int], threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
+    space = SearchSpace.load(space_source)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+    return proxy_accuracy(space, data, {d: space.parse_id(i) for d, i in ids.items()}, cfg)
+
+
+def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str, Arch], cfg: MultipathConfig,
+                   out_dir: str | Path, subset: Optional[int] = None, workers: int = 0) -> dict[str, Any]:
+    """Choose what the domains share by what it does to retraining, which the search reward cannot see (a
+    shared node trains on every domain's batches). Each of :func:`sharing_candidates` is retrained briefly
+    from scratch (Ray tasks with ``workers``; results saved as they arrive, so a rerun resumes) and the best
+    mean validation accuracy wins, fewer unique parameters breaking ties."""
+    from .latency.engine import append_jsonl, load_jsonl
+
+    log = Path(out_dir) / "selection.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tag = {"select_epochs": cfg.select_epochs, "retrain_lr": cfg.retrain_lr, "seed": cfg.seed, "subset": subset}
+    cands = sharing_candidates(space, paths, cfg.select_max, cfg.seed)
+    ids = [{d: a.id for d, a in c.items()} for c in cands]
+    done = {json.dumps(r["paths"], sort_keys=True): r["val_accuracy"] for r in load_jsonl(str(log))
+            if r.get("tag") == tag}
+    todo = [i for i in ids if json.dumps(i, sort_keys=True) not in done]
+
+    def record(i: dict, acc: dict) -> None:
+        done[json.dumps(i, sort_keys=True)] = acc
+        append_jsonl(str(log), [{"tag": tag, "paths": i, "val_accuracy": acc}])
+
+    if todo and workers > 0:
+        import ray
+
+        from .parallel import ray_session
+
+        with ray_session(workers):
+            task = ray.remote(num_cpus=1, max_retries=1)(_proxy_task)
+            refs = {task.remote(str(space.source), specs, i, cfg, subset): i for i in todo}
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                record(refs.pop(ready[0]), ray.get(ready[0]))
+    elif todo:
+        data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+        for i in todo:
+            record(i, proxy_accuracy(space, data, {d: space.parse_id(a) for d, a in i.items()}, cfg))
+    classes = {s.name: 0 for s in specs}
+    rows = []
+    for c, i in zip(cands, ids):
+        acc = done[json.dumps(i, sort_keys=True)]
+        rows.append({"paths": i, "val_accuracy": acc, "mean_val_accuracy": float(np.mean(list(acc.values()))),
+                     "unique_params": unique_costs(space, c, classes, domain_norms=False)["unique_params"]})
+    best = min(range(len(rows)), key=lambda k: (-round(rows[k]["mean_val_accuracy"], 6), rows[k]["unique_params"]))
+    return {"paths": cands[best], "candidates": rows, "chosen": best}
 
 
 # ---------------------------------------------------------------------- joint model and accounting
@@ -559,7 +656,7 @@ def evaluate_joint(model: nn.Module, data: dict[str, Any], split: str = "test") 
 
 def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Path,
                   cfg: MultipathConfig = MultipathConfig(), table=None, subset: Optional[int] = None,
-                  init: str = "supernet", quiet: bool = False) -> dict[str, Any]:
+                  init: str = "supernet", quiet: bool = False, workers: int = 0) -> dict[str, Any]:
     """Search paths, build and retrain the joint model, save it (safetensors + JSON + ONNX per domain)."""
     from safetensors.torch import save_file
 
@@ -570,6 +667,10 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     latency = table.bind(space).predict if (table is not None and cfg.latency_weight) else None
     found = search_paths(space, data, cfg, out, latency, quiet)
     paths = found["paths"]
+    selection = None
+    if cfg.select_epochs > 0:
+        selection = select_sharing(space, specs, paths, cfg, out, subset, workers)
+        paths = selection["paths"]
     classes = {d: data[d].num_classes for d in data}
     torch.manual_seed(cfg.seed)  # initial weights of nodes the supernet does not provide (init="scratch")
     joint = JointModel(space, paths, classes)
@@ -586,6 +687,9 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
               "node_map": node_map(space, paths), **unique_costs(space, paths, classes), "accuracy": acc,
               "mean_accuracy": float(np.mean(list(acc.values()))), "domain_steps": found["counts"],
               "search_seconds": found["seconds"], "retrain": retrain, "config": asdict(cfg), "init": init}
+    if selection is not None:
+        result["controller_paths"] = {d: a.id for d, a in found["paths"].items()}
+        result["selection"] = selection["candidates"]
     if table is not None:
         from .netadapt import measure_networks
 
@@ -604,6 +708,6 @@ def _here_cpu() -> str:
 
 
 __all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",
-           "search_paths", "controller_step", "make_controllers", "node_map", "unique_costs", "sharing_ratio",
-           "soft_sharing_ratio",
-           "DomainBatchNorm", "batch_statistics", "run_multipath"]
+           "search_paths", "controller_step", "sharing_candidates", "select_sharing", "make_controllers", "node_map",
+           "unique_costs", "sharing_ratio", "soft_sharing_ratio", "DomainBatchNorm", "batch_statistics",
+           "run_multipath"]

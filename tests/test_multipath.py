@@ -9,7 +9,8 @@ import torch
 from nas.blocks import count_params
 from nas.errors import UserError
 from nas.multipath import (DomainSpec, JointModel, MultipathConfig, Prioritiser, controller_step, load_domains,
-                           make_controllers, most_likely, node_map, parse_domains, search_paths, unique_costs)
+                           make_controllers, most_likely, node_map, parse_domains, search_paths, select_sharing,
+                           sharing_candidates, unique_costs)
 
 from conftest import ROOT
 
@@ -215,3 +216,54 @@ def test_soft_sharing_ratio_agrees_with_the_exact_one_at_the_ends(mini_space):
     closer[j] = vec[0][j]
     soft = soft_sharing_ratio(mini_space, [b, mini_space.decode(closer)], [a])
     assert soft[1] < soft[0] <= 1.0 and same < soft[1]
+
+
+def _differing_paths(space, stages: int):
+    """Two paths of ``space`` that differ in exactly the first ``stages`` stages."""
+    rng = np.random.default_rng(0)
+    a = space.decode(space.sample(rng, 1)[0])
+    while True:
+        b = space.decode(space.sample(rng, 1)[0])
+        if all(a.stages[s] != b.stages[s] for s in range(stages)):
+            break
+    from dataclasses import replace
+    return {"x": a, "y": replace(b, stages=b.stages[:stages] + a.stages[stages:])}
+
+
+def test_sharing_candidates_span_own_paths_to_full_sharing(mini_space):
+    paths = _differing_paths(mini_space, 2)
+    cands = sharing_candidates(mini_space, paths, limit=100)
+    assert len(cands) == 9  # per differing stage: own options, or both take x's, or both take y's
+    assert {d: a.id for d, a in cands[0].items()} == {d: a.id for d, a in paths.items()}
+    full = [c for c in cands if c["x"] == c["y"]]
+    assert len(full) == 4  # each of the two stages from either domain
+    assert {paths["x"].id, paths["y"].id} <= {c["x"].id for c in full}  # all on x's path, all on y's
+    assert len({tuple(a.id for a in c.values()) for c in cands}) == 9
+    few = sharing_candidates(mini_space, paths, limit=4, seed=1)
+    assert len(few) == 4 and few[0] == cands[0]
+    assert sharing_candidates(mini_space, {"x": paths["x"], "y": paths["x"]}) == [{"x": paths["x"], "y": paths["x"]}]
+
+
+def test_select_sharing_takes_best_proxy_and_resumes(mini_space, synthetic_npz, second_npz, tmp_path, monkeypatch):
+    import nas.multipath as mp
+
+    specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("stripes", str(second_npz))]
+    paths = _differing_paths(mini_space, 1)
+    names = {"x": "blobs", "y": "stripes"}
+    paths = {names[k]: v for k, v in paths.items()}
+    cfg = MultipathConfig(batch_size=32, select_epochs=0.2)
+    first = select_sharing(mini_space, specs, paths, cfg, tmp_path)
+    rows = first["candidates"]
+    assert len(rows) == 3 and all(0 <= v <= 1 for r in rows for v in r["val_accuracy"].values())
+    best = max(r["mean_val_accuracy"] for r in rows)
+    chosen = rows[first["chosen"]]
+    assert chosen["mean_val_accuracy"] == best
+    assert {d: a.id for d, a in first["paths"].items()} == chosen["paths"]
+    assert len((tmp_path / "selection.jsonl").read_text().splitlines()) == 3
+
+    def no_training(*a, **k):
+        raise AssertionError("a saved proxy result was retrained")
+
+    monkeypatch.setattr(mp, "proxy_accuracy", no_training)
+    again = select_sharing(mini_space, specs, paths, cfg, tmp_path)
+    assert again["candidates"] == rows
