@@ -309,8 +309,8 @@ def _cycle(loader):
 def sharing_candidates(space: SearchSpace, paths: dict[str, Arch], limit: int = 16,
                        seed: int = 0) -> list[dict[str, Arch]]:
     """Joint models between the controllers' paths and full sharing: at every stage where the domains' options
-    differ, either each domain keeps its own option or all take one domain's option. The controllers' own
-    paths come first; beyond ``limit``, a seeded random subset of the rest."""
+    differ, either each domain keeps its own option or all take one domain's option. First the controllers' own
+    paths, then every domain's path shared by all; beyond ``limit``, a seeded random subset of the rest."""
     from dataclasses import replace
 
     domains = list(paths)
@@ -328,10 +328,13 @@ def sharing_candidates(space: SearchSpace, paths: dict[str, Arch], limit: int = 
         if key not in seen:
             seen.add(key)
             out.append(cand)
-    if len(out) > limit:
+    whole = [k for k, c in enumerate(out) if k and len(set(c.values())) == 1 and c[domains[0]] in paths.values()]
+    first = [0] + whole
+    rest = [k for k in range(len(out)) if k not in first]
+    if len(first) + len(rest) > limit:
         rng = np.random.default_rng(seed)
-        out = [out[0]] + [out[i] for i in sorted(rng.choice(np.arange(1, len(out)), limit - 1, replace=False))]
-    return out
+        rest = sorted(rng.choice(rest, max(0, limit - len(first)), replace=False).tolist())
+    return [out[k] for k in first + rest]
 
 
 def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Arch], cfg: MultipathConfig) -> dict:
