@@ -295,7 +295,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                                           "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
-    torch.save(net.state_dict(), out / "supernet.pt")
+    write_torch(out / "supernet.pt", net.state_dict())
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
             "seconds": seconds + time.time() - t0, "controllers": controllers}
 
@@ -337,33 +337,44 @@ def sharing_candidates(space: SearchSpace, paths: dict[str, Arch], limit: int = 
     return [out[k] for k in first + rest]
 
 
-def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Arch], cfg: MultipathConfig) -> dict:
-    """Train the joint model of ``paths`` from scratch for ``cfg.select_epochs``; validation accuracy per domain."""
+def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Arch], cfg: MultipathConfig,
+                   supernet: Optional[str | Path] = None) -> dict:
+    """Train the joint model of ``paths`` for ``cfg.select_epochs`` (from scratch, or from the weights of the
+    ``supernet`` file, as the final retraining starts); validation accuracy per domain."""
     torch.manual_seed(cfg.seed)
-    model = JointModel(space, paths, {d: data[d].num_classes for d in paths})
+    classes = {d: data[d].num_classes for d in paths}
+    model = JointModel(space, paths, classes)
+    if supernet is not None:
+        net = MultiPathSupernet(space, classes)
+        net.load_state_dict(torch.load(supernet, map_location="cpu", weights_only=True))
+        model.load_from_supernet(net)
     train_joint(model, data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
     return evaluate_joint(model, data, split="val")
 
 
 def _proxy_task(space_source: str, specs: list[DomainSpec], ids: dict[str, str], cfg: MultipathConfig,
-                subset: Optional[int], threads: int = 1) -> dict:
+                subset: Optional[int], supernet: Optional[str], threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     space = SearchSpace.load(space_source)
     data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
-    return proxy_accuracy(space, data, {d: space.parse_id(i) for d, i in ids.items()}, cfg)
+    return proxy_accuracy(space, data, {d: space.parse_id(i) for d, i in ids.items()}, cfg, supernet)
 
 
 def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str, Arch], cfg: MultipathConfig,
-                   out_dir: str | Path, subset: Optional[int] = None, workers: int = 0) -> dict[str, Any]:
+                   out_dir: str | Path, subset: Optional[int] = None, workers: int = 0,
+                   init: str = "scratch") -> dict[str, Any]:
     """Choose what the domains share by what it does to retraining, which the search reward cannot see (a
     shared node trains on every domain's batches). Each of :func:`sharing_candidates` is retrained briefly
     from scratch (Ray tasks with ``workers``; results saved as they arrive, so a rerun resumes) and the best
-    mean validation accuracy wins, fewer unique parameters breaking ties."""
+    mean validation accuracy wins, fewer unique parameters breaking ties. ``init="supernet"`` starts every
+    proxy from the search's ``supernet.pt`` in ``out_dir``."""
     from .latency.engine import append_jsonl, load_jsonl
 
     log = Path(out_dir) / "selection.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
-    tag = {"select_epochs": cfg.select_epochs, "retrain_lr": cfg.retrain_lr, "seed": cfg.seed, "subset": subset}
+    tag = {"select_epochs": cfg.select_epochs, "retrain_lr": cfg.retrain_lr, "seed": cfg.seed, "subset": subset,
+           "init": init}
+    supernet = str(Path(out_dir) / "supernet.pt") if init == "supernet" else None
     cands = sharing_candidates(space, paths, cfg.select_max, cfg.seed)
     ids = [{d: a.id for d, a in c.items()} for c in cands]
     done = {json.dumps(r["paths"], sort_keys=True): r["val_accuracy"] for r in load_jsonl(str(log))
@@ -381,14 +392,14 @@ def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str,
 
         with ray_session(workers):
             task = ray.remote(num_cpus=1, max_retries=1)(_proxy_task)
-            refs = {task.remote(str(space.source), specs, i, cfg, subset): i for i in todo}
+            refs = {task.remote(str(space.source), specs, i, cfg, subset, supernet): i for i in todo}
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1)
                 record(refs.pop(ready[0]), ray.get(ready[0]))
     elif todo:
         data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
         for i in todo:
-            record(i, proxy_accuracy(space, data, {d: space.parse_id(a) for d, a in i.items()}, cfg))
+            record(i, proxy_accuracy(space, data, {d: space.parse_id(a) for d, a in i.items()}, cfg, supernet))
     classes = {s.name: 0 for s in specs}
     rows = []
     for c, i in zip(cands, ids):
@@ -672,7 +683,7 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     paths = found["paths"]
     selection = None
     if cfg.select_epochs > 0:
-        selection = select_sharing(space, specs, paths, cfg, out, subset, workers)
+        selection = select_sharing(space, specs, paths, cfg, out, subset, workers, init)
         paths = selection["paths"]
     classes = {d: data[d].num_classes for d in data}
     torch.manual_seed(cfg.seed)  # initial weights of nodes the supernet does not provide (init="scratch")

@@ -268,3 +268,10 @@ def test_select_sharing_takes_best_proxy_and_resumes(mini_space, synthetic_npz, 
     monkeypatch.setattr(mp, "proxy_accuracy", no_training)
     again = select_sharing(mini_space, specs, paths, cfg, tmp_path)
     assert again["candidates"] == rows
+    monkeypatch.undo()
+
+    # proxies that start from the search's supernet (as the CLI's final retraining does) are kept apart
+    torch.save(mp.MultiPathSupernet(mini_space, {"blobs": 10, "stripes": 10}).state_dict(), tmp_path / "supernet.pt")
+    warm = select_sharing(mini_space, specs, paths, cfg, tmp_path, init="supernet")
+    assert len(warm["candidates"]) == 3
+    assert len((tmp_path / "selection.jsonl").read_text().splitlines()) == 6
