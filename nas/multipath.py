@@ -365,9 +365,9 @@ def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str,
                    init: str = "scratch") -> dict[str, Any]:
     """Choose what the domains share by what it does to retraining, which the search reward cannot see (a
     shared node trains on every domain's batches). Each of :func:`sharing_candidates` is retrained briefly
-    from scratch (Ray tasks with ``workers``; results saved as they arrive, so a rerun resumes) and the best
-    mean validation accuracy wins, fewer unique parameters breaking ties. ``init="supernet"`` starts every
-    proxy from the search's ``supernet.pt`` in ``out_dir``."""
+    (Ray tasks with ``workers``; results saved as they arrive, so a rerun resumes) and the best
+    mean validation accuracy wins, fewer unique parameters breaking ties. Proxies start from scratch, or with
+    ``init="supernet"`` from the search's ``supernet.pt`` in ``out_dir``."""
     from .latency.engine import append_jsonl, load_jsonl
 
     log = Path(out_dir) / "selection.jsonl"
