@@ -27,8 +27,19 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
+def extra_batches(path: str, device: str = "cpu"):
+    """Every image of an archive (train and test arrays) as evaluation batches: held-out images for scoring."""
+    import torch
+
+    from nas.data import TensorLoader, load_npz_archive
+
+    xtr, ytr, xte, yte = load_npz_archive(path)
+    x, y = np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
+    return TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 512, False, device=device)
+
+
 def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
-                 device: str = "cpu", threads: int | None = None):
+                 device: str = "cpu", score_extra: str | None = None, threads: int | None = None):
     """Train one balanced mixture of M supernets and rank every placement with it."""
     import torch
 
@@ -40,7 +51,7 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
     ckpt = Path(out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # resumable
     res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=ckpt)
-    ranking = score_placements(space, res, data)
+    ranking = score_placements(space, res, data, extra=extra_batches(score_extra, device) if score_extra else None)
     info = {"seconds": time.time() - t0, "steps": res["steps"], "split_at_step": res["split_at"],
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
@@ -62,6 +73,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     ap.add_argument("--result-name", default="pooling_mixture")
     ap.add_argument("--standalone-note", default="", help="where the standalone ground truth was trained")
+    ap.add_argument("--score-extra", help="an archive of further held-out images (used by neither the mixtures "
+                                          "nor the ground truth): placements are also scored on validation + these")
     a = ap.parse_args()
     space = PlacementSpace(base_width=a.base_width)
     space_kw = asdict(space)
@@ -93,7 +106,8 @@ def main() -> None:
     gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
 
     models = [int(m) for m in a.models.split(",")]
-    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device)  # noqa: E731
+    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device,  # noqa: E731
+                      a.score_extra)
     if a.workers > 0:  # one mixture per Ray task, one thread each
         import ray
 
@@ -112,6 +126,15 @@ def main() -> None:
         results[f"M{M}"] = {
             "kendall_tau": float(kendalltau(ranking["supernet_accuracy"], ranking["standalone_accuracy"]).statistic),
             "chosen": chosen, "chosen_standalone_accuracy": gt[chosen], **info}
+        if "pooled_accuracy" in ranking:
+            pooled = ranking.sort_values("pooled_accuracy", ascending=False)
+            results[f"M{M}"]["pooled_scoring"] = {
+                "images": int(len(extra_batches(a.score_extra).y)), "source": a.score_extra,
+                "kendall_tau": float(kendalltau(pooled["pooled_accuracy"], pooled["standalone_accuracy"]).statistic),
+                "kendall_tau_extra_only": float(kendalltau(pooled["extra_accuracy"],
+                                                           pooled["standalone_accuracy"]).statistic),
+                "val_vs_extra_tau": float(kendalltau(pooled["supernet_accuracy"], pooled["extra_accuracy"]).statistic),
+                "chosen": pooled.iloc[0]["placement"], "chosen_standalone_accuracy": gt[pooled.iloc[0]["placement"]]}
         print(M, results[f"M{M}"])
     default = space.name(space.default())
     best_name = max(gt, key=gt.get)

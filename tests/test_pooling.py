@@ -57,6 +57,22 @@ def test_single_model_is_plain_supernet_training(synthetic_npz):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_scoring_on_extra_held_out_images_pools_counts(synthetic_npz):
+    from nas.data import load_data
+    from nas.pooling import score_placements
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    data = load_data(synthetic_npz, batch_size=64, seed=0)
+    res = train_mixture(space, data, MixtureConfig(models=1, epochs=0.5, batch_size=64))
+    plain = score_placements(space, res, data).set_index("placement")
+    both = score_placements(space, res, data, extra=data.test).set_index("placement")
+    np.testing.assert_allclose(both["supernet_accuracy"], plain.loc[both.index, "supernet_accuracy"])
+    n_val, n_test = sum(len(y) for _, y in data.val), sum(len(y) for _, y in data.test)
+    pooled = (both["supernet_accuracy"] * n_val + both["extra_accuracy"] * n_test) / (n_val + n_test)
+    np.testing.assert_allclose(both["pooled_accuracy"], pooled)
+    assert "extra_accuracy" not in plain
+
+
 def test_placements_and_widths():
     space = PlacementSpace()
     assert len(space.placements) == 36 and space.default() == (4, 7)
