@@ -148,6 +148,9 @@ def main() -> None:
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
                "standalone_accuracy": gt, "standalone_wall_time_s": standalone_wall,
+               # MACs are equal for every placement (widths double at each pool); parameters are not
+               "params_baseline_tau": float(kendalltau([space.params(p) for p in space.placements],
+                                                       [gt[space.name(p)] for p in space.placements]).statistic),
                "standalone_note": a.standalone_note, **results,
                "goals": {"M4_tau_above_M1": results.get("M4", {}).get("kendall_tau", 0) > results.get("M1", {}).get("kendall_tau", 1),
                          "M4_tau_at_least_0.6": results.get("M4", {}).get("kendall_tau", 0) >= 0.6,

@@ -84,6 +84,14 @@ class PlacementSpace:
             cin = w
         return total + cin * self.num_classes
 
+    def params(self, placement: tuple[int, ...]) -> int:
+        """Convolution and classifier weights (norms left out): the same for no two adjacent pool moves."""
+        cin, total = self.base_width, 3 * self.base_width * 9
+        for w in self.widths(placement):
+            total += 9 * (cin * w + w * w) + (cin * w if cin != w else 0)
+            cin = w
+        return total + cin * self.num_classes + self.num_classes
+
 
 class StridePlacementSpace:
     """The stride placements of a :class:`~nas.space.SearchSpace` that searches them (``downsampling.total``),

@@ -73,6 +73,16 @@ def test_scoring_on_extra_held_out_images_pools_counts(synthetic_npz):
     assert "extra_accuracy" not in plain
 
 
+def test_placement_params_count_the_network_weights():
+    space = PlacementSpace(base_width=16)
+    # pools before blocks 4 and 7: stem, 3 blocks at 16, 3 at 32 (projection into the first), 3 at 64, classifier
+    by_hand = 3 * 16 * 9 + 3 * 9 * 2 * 16 * 16 + 9 * (16 * 32 + 32 * 32) + 16 * 32 + 2 * 9 * 2 * 32 * 32 \
+        + 9 * (32 * 64 + 64 * 64) + 32 * 64 + 2 * 9 * 2 * 64 * 64 + 64 * 10 + 10
+    assert space.params((4, 7)) == by_hand
+    assert space.params((1, 2)) > space.params((4, 7)) > space.params((8, 9))
+    assert len({space.macs(p) for p in space.placements}) == 1  # widths double where resolution halves
+
+
 def test_placements_and_widths():
     space = PlacementSpace()
     assert len(space.placements) == 36 and space.default() == (4, 7)
