@@ -6,7 +6,10 @@ Reads the paths and recipe of benchmarks/results/multipath.json and retrains, wi
   E1: the Fashion-MNIST path (the shared network's architecture) on CIFAR-10 alone;
   E2: one fully shared network on the CIFAR-10 path (per-domain heads and norms), both domains.
 Compared with multipath.json's single_domain (CIFAR path alone) and shared (Fashion-MNIST path, both domains),
-E1 isolates the architecture and E2 the shared training. Writes benchmarks/results/multipath_diagnostic.json.
+E1 isolates the architecture and E2 the shared training.
+  E3 (``--extra-seeds K``): multipath.json's multipath and shared models retrained with K more seeds, so that
+  their difference can be set against seed noise.
+Writes benchmarks/results/multipath_diagnostic.json.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--subset", type=int, default=20000, help="as the multipath.json run")
+    ap.add_argument("--extra-seeds", type=int, default=0, help="E3: more seeds for multipath and shared")
     a = ap.parse_args()
     base = read_json(RESULTS / "multipath.json", "multipath result")
     cfg = MultipathConfig(**base["config"])
@@ -36,6 +40,11 @@ def main() -> None:
     jobs = {"E1_cifar_alone_on_fmnist_path": ("single", cifar, {"cifar10": fm_path}),
             "E2_shared_on_cifar_path": ("joint", specs, {"cifar10": c_path, "fashion-mnist": c_path})}
     keys = [(name, s) for name in jobs for s in range(a.seeds)]
+    n0 = len(base["retrain_seeds"])
+    extra = {"E3_multipath": ("joint", specs, base["paths"]),
+             "E3_shared": ("joint", specs, {d: base["shared_network_arch"] for d in base["paths"]})}
+    jobs.update(extra)
+    keys += [(name, s) for name in extra for s in range(n0, n0 + a.extra_seeds)]
     args = lambda name, s: (jobs[name][0], space, jobs[name][1], jobs[name][2], replace(cfg, seed=s), a.subset)  # noqa: E731
     if a.workers > 0:
         import ray
@@ -49,7 +58,9 @@ def main() -> None:
         runs = {k: train_variant(*args(*k)) for k in keys}
     out = {}
     for name in jobs:
-        per_seed = [runs[(name, s)] for s in range(a.seeds)]
+        per_seed = [runs[k] for k in keys if k[0] == name]
+        if not per_seed:
+            continue
         acc = {d: float(np.mean([r["accuracy"][d] for r in per_seed])) for d in per_seed[0]["accuracy"]}
         out[name] = {"accuracy": acc, "per_seed": [r["accuracy"] for r in per_seed],
                      "unique_params": per_seed[0]["unique_params"]}
@@ -58,8 +69,19 @@ def main() -> None:
          "cifar_path_shared (E2)": out["E2_shared_on_cifar_path"]["accuracy"]["cifar10"],
          "fmnist_path_shared (multipath.json shared)": base["shared"]["accuracy"]["cifar10"]}
     print(c)
+    seeds = {}
+    if a.extra_seeds:
+        for k in ("multipath", "shared"):
+            means = base[k]["per_seed_mean_accuracy"] + [float(np.mean(list(r.values())))
+                                                          for r in out[f"E3_{k}"]["per_seed"]]
+            seeds[k] = {"per_seed_mean_accuracy": means, "mean": float(np.mean(means)),
+                        "std": float(np.std(means, ddof=1)), "seeds": len(means)}
+        diff = np.subtract(seeds["multipath"]["per_seed_mean_accuracy"], seeds["shared"]["per_seed_mean_accuracy"])
+        seeds["multipath_minus_shared"] = {"per_seed": diff.tolist(), "mean": float(diff.mean()),
+                                           "standard_error": float(diff.std(ddof=1) / np.sqrt(len(diff)))}
+        print(seeds)
     write_result("multipath_diagnostic", {"paths": base["paths"], "config": base["config"], "subset": a.subset,
-                                          **out, "cifar10_accuracy": c})
+                                          **out, "cifar10_accuracy": c, **({"seeds": seeds} if seeds else {})})
 
 
 if __name__ == "__main__":
