@@ -372,8 +372,8 @@ def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str,
 
     log = Path(out_dir) / "selection.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
-    tag = {"select_epochs": cfg.select_epochs, "retrain_lr": cfg.retrain_lr, "seed": cfg.seed, "subset": subset,
-           "init": init}
+    tag = {"select_epochs": cfg.select_epochs, "retrain_lr": cfg.retrain_lr, "batch_size": cfg.batch_size,
+           "seed": cfg.seed, "subset": subset, "init": init}
     supernet = str(Path(out_dir) / "supernet.pt") if init == "supernet" else None
     cands = sharing_candidates(space, paths, cfg.select_max, cfg.seed)
     ids = [{d: a.id for d, a in c.items()} for c in cands]
