@@ -85,7 +85,8 @@ class PlacementSpace:
         return total + cin * self.num_classes
 
     def params(self, placement: tuple[int, ...]) -> int:
-        """Convolution and classifier weights (norms left out): the same for no two adjacent pool moves."""
+        """Convolution and classifier weights (norms left out). Unlike MACs, they depend on where the pools sit:
+        every block after a pool is twice as wide."""
         cin, total = self.base_width, 3 * self.base_width * 9
         for w in self.widths(placement):
             total += 9 * (cin * w + w * w) + (cin * w if cin != w else 0)
