@@ -51,8 +51,10 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
     ckpt = Path(out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # resumable
     res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=ckpt)
-    ranking = score_placements(space, res, data, extra=extra_batches(score_extra, device) if score_extra else None)
+    extra = extra_batches(score_extra, device) if score_extra else None
+    ranking = score_placements(space, res, data, extra=extra)
     info = {"seconds": time.time() - t0, "steps": res["steps"], "split_at_step": res["split_at"],
+            **({"extra_images": len(extra.y)} if extra is not None else {}),
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
     return ranking, info
@@ -123,13 +125,14 @@ def main() -> None:
         ranking["standalone_accuracy"] = ranking["placement"].map(gt)
         ranking.to_csv(f"{a.out}/ranking_M{M}.csv", index=False)
         chosen = ranking.iloc[0]["placement"]
+        extra_images = info.pop("extra_images", None)
         results[f"M{M}"] = {
             "kendall_tau": float(kendalltau(ranking["supernet_accuracy"], ranking["standalone_accuracy"]).statistic),
             "chosen": chosen, "chosen_standalone_accuracy": gt[chosen], **info}
         if "pooled_accuracy" in ranking:
             pooled = ranking.sort_values("pooled_accuracy", ascending=False)
             results[f"M{M}"]["pooled_scoring"] = {
-                "images": int(len(extra_batches(a.score_extra).y)), "source": a.score_extra,
+                "images": extra_images, "source": a.score_extra,
                 "kendall_tau": float(kendalltau(pooled["pooled_accuracy"], pooled["standalone_accuracy"]).statistic),
                 "kendall_tau_extra_only": float(kendalltau(pooled["extra_accuracy"],
                                                            pooled["standalone_accuracy"]).statistic),

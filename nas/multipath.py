@@ -291,8 +291,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                          "rng": rng.bit_generator.state,
                          "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
                          "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index}
-                write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(),
-                                          "extra": json.dumps(extra)})
+                write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(), "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
     write_torch(out / "supernet.pt", net.state_dict())

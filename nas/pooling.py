@@ -339,31 +339,22 @@ def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max
     """Every placement evaluated (full validation split) on the model it is assigned to most strongly,
     after re-estimating that model's BN statistics for the placement. ``extra``: more held-out batches
     (never trained on), scored too: ``extra_accuracy``, and ``pooled_accuracy`` over validation + extra."""
+    from .train import count_correct
+
     recal = [x for _, (x, _) in zip(range(recal_batches), data.train)]
     rows = []
     for i, p in enumerate(space.placements):
         k = int(np.argmax(result["P"][i]))
         model = result["models"][k]
         recalibrate_bn(model, p, recal)
-        correct, total = _count_correct(model, p, data.val, max_batches)
+        correct, total = count_correct(_Fixed(model, p), data.val, max_batches)
         row = {"placement": space.name(p), "model": k, "supernet_accuracy": correct / max(1, total),
                "w_estimate": float(result["W"][i, k]), "macs": space.macs(p)}
         if extra is not None:
-            c, n = _count_correct(model, p, extra)
+            c, n = count_correct(_Fixed(model, p), extra)
             row.update(extra_accuracy=c / max(1, n), pooled_accuracy=(correct + c) / max(1, total + n))
         rows.append(row)
     return pd.DataFrame(rows).sort_values("supernet_accuracy", ascending=False).reset_index(drop=True)
-
-
-def _count_correct(model: nn.Module, placement: tuple[int, ...], batches: Iterable,
-                   max_batches: Optional[int] = None) -> tuple[int, int]:
-    correct = total = 0
-    for b, (x, y) in enumerate(batches):
-        if max_batches is not None and b >= max_batches:
-            break
-        correct += (model(x, placement).argmax(1) == y).sum().item()
-        total += len(y)
-    return correct, total
 
 
 def train_standalone(space: AnyPlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,

@@ -56,13 +56,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
 def evaluate(model: nn.Module, loader, max_batches: Optional[int] = None) -> float:
     """Top-1 accuracy (0..1)."""
     model.eval()
+    correct, total = count_correct(model, loader, max_batches)
+    return correct / max(1, total)
+
+
+def count_correct(model: nn.Module, loader, max_batches: Optional[int] = None) -> tuple[int, int]:
+    """Top-1 hits and images over ``loader`` (the model's mode left as it is)."""
     correct = total = 0
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         correct += (model(x).argmax(1) == y).sum().item()
         total += len(y)
-    return correct / max(1, total)
+    return correct, total
 
 
 def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optional[nn.Module] = None,
