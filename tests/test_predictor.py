@@ -56,6 +56,31 @@ def test_distillation_lowers_nsr_and_resumes(mini_space, synthetic_npz, teacher_
     np.testing.assert_allclose(resumed["nsr"], after["nsr"], rtol=1e-4, atol=1e-6)
 
 
+def test_option_scores_ignore_running_statistics_and_training_batches(mini_space, synthetic_npz, teacher_dir,
+                                                                     tmp_path):
+    """An option's NSR is measured with each held-out batch's own BN statistics: whatever the running
+    statistics hold and wherever the training loader stands, the scores are the same."""
+    from nas.data import load_data
+    from nas.predictor.distill import DistillConfig, distill_stage, load_stage_weights, score_options
+    from nas.predictor.teacher import load_teacher
+    from nas.supernet import SlicedBN
+
+    cfg = DistillConfig(steps=5, score_images=128, batch_size=64)
+    stored = distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1, cfg,
+                           str(tmp_path))
+    t_arch, teacher = load_teacher(teacher_dir / "teacher")
+    net = load_stage_weights(mini_space, t_arch, 1, tmp_path / "stage1.safetensors")
+    data = load_data(synthetic_npz, batch_size=64)
+    first = score_options(mini_space, net, teacher, data, 1, cfg)
+    np.testing.assert_allclose(first, stored["nsr"], rtol=1e-5)
+    for m in net.modules():
+        if isinstance(m, SlicedBN):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.1, 10.0)
+    next(iter(data.train))
+    assert score_options(mini_space, net, teacher, data, 1, cfg) == first
+
+
 def test_network_from_blocks_is_the_chain_of_distilled_stages(mini_space, synthetic_npz, teacher_dir, tmp_path):
     """Folding each stage's adapter into the next 1x1 conv is exact, at every width: stage s sees the first
     `cin` channels of the (adapted) previous output, as it did during distillation."""
