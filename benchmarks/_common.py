@@ -29,3 +29,24 @@ def write_result(name: str, figures: dict) -> Path:
                       "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **figures})
     print(f"wrote {path}")
     return path
+
+
+def binomial_ceiling_tau(accuracies, n_images: int, draws: int = 4000, seed: int = 0) -> dict:
+    """The Kendall tau a perfect ranking would reach against accuracies each measured on ``n_images`` images.
+
+    The true spread is the observed one less the binomial noise of counting hits on ``n_images``; the
+    ranking is then compared with true + binomial noise, ``draws`` times. Training noise (another seed)
+    lowers the real ceiling further, so this is an upper bound."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    acc = np.asarray(accuracies, dtype=float)
+    noise = float(np.sqrt(np.mean(acc * (1 - acc) / n_images)))
+    true_sd = float(np.sqrt(max(acc.var(ddof=1) - noise ** 2, 0.0)))
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(draws):
+        truth = rng.normal(0.0, true_sd, len(acc))
+        taus.append(kendalltau(truth, truth + rng.normal(0.0, noise, len(acc))).statistic)
+    return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95)),
+            "n_images": int(n_images), "observed_sd": float(acc.std(ddof=1)), "binomial_sd": noise}
