@@ -93,7 +93,10 @@ def main() -> None:
                          a.sample_seeds, a.workers, subset=a.subset)
         fit_pop = np.concatenate([fit_pop, extra])
     recipe = recipe_id(cfg.finetune)
-    sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe]
+    # the fine-tunes this fit used: samples.jsonl also holds other seeds of the same networks from other runs
+    used_ids = {x.id for x in space.decode_many(fit_pop)}
+    sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe
+                   and r["arch_id"] in used_ids and r.get("seed", 0) < a.sample_seeds]
     fit_acc = mean_accuracy(space, fit_pop, out / "samples.jsonl", cfg.finetune, a.sample_seeds)
     if a.extra_samples:
         kept = ("dataset", "teacher", "finetune", "distill", "samples_file", "sample_seeds")
