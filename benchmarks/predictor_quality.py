@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--install", action="store_true")
+    ap.add_argument("--result-name", default="predictor_quality")
     a = ap.parse_args()
 
     space = SearchSpace.load("mobilenetv3_cifar")
@@ -164,7 +165,7 @@ def main() -> None:
                "subset": a.subset}
     print({k: figures[k] for k in ("n_heldout", "kendall_tau", "spearman", "mae", "gt_repeat_tau")})
     print("baselines:", {k: round(v["kendall_tau"], 3) for k, v in baselines.items()})
-    write_result("predictor_quality", figures)
+    write_result(a.result_name, figures)
     if a.install:
         dest = ROOT / "predictors" / space.name / "cifar10.json"
         dest.parent.mkdir(parents=True, exist_ok=True)
