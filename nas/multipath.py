@@ -49,6 +49,7 @@ from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
 from .supernet import batch_statistics, elastic_trunk, stage_choices
+from .train import count_correct
 
 KNOWN_DOMAINS = {"cifar10": ("../shared/data/cifar10.npz", 10), "fashion-mnist": ("/usr/share/datasets/fashion-mnist", 10)}
 
@@ -659,10 +660,7 @@ def evaluate_joint(model: nn.Module, data: dict[str, Any], split: str = "test") 
     model.eval()
     out = {}
     for d, splits in data.items():
-        correct = total = 0
-        for x, y in getattr(splits, split):
-            correct += (model(x, d).argmax(1) == y).sum().item()
-            total += len(y)
+        correct, total = count_correct(lambda x, d=d: model(x, d), getattr(splits, split))
         out[d] = correct / max(1, total)
     return out
 

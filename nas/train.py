@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,8 @@ def evaluate(model: nn.Module, loader, max_batches: Optional[int] = None) -> flo
     return correct / max(1, total)
 
 
-def count_correct(model: nn.Module, loader, max_batches: Optional[int] = None) -> tuple[int, int]:
+def count_correct(model: Callable[[torch.Tensor], torch.Tensor], loader,
+                  max_batches: Optional[int] = None) -> tuple[int, int]:
     """Top-1 hits and images over ``loader`` (the model's mode left as it is)."""
     correct = total = 0
     for i, (x, y) in enumerate(loader):
