@@ -43,6 +43,31 @@ def linear_on(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray) -> np.nd
     return predict_from_features(fit_ridge(x_fit, y_fit), x_test)
 
 
+def image_noise_figures(predicted: np.ndarray, log_macs: np.ndarray, val: np.ndarray, test: np.ndarray,
+                        data_path: str) -> dict:
+    """The held-out ground truth on more images: val (the headline), test, and both pooled.
+
+    ``val`` / ``test``: (seeds, K) top-1. Seed repeats share their images, so gt_repeat_tau cannot see how
+    much of a ranking on 5k validation images is which images they happen to be; val vs test can."""
+    n_val, n_test = split_sizes(data_path)
+    pooled = (val * n_val + test * n_test) / (n_val + n_test)
+    tau = lambda x, y: float(kendalltau(x, y).statistic)  # noqa: E731
+    out = {"n_val_images": n_val, "n_test_images": n_test,
+           "val_vs_test_tau": tau(val.mean(0), test.mean(0)),
+           "note": "test top-1 of the same held-out fine-tunes; nothing was fitted or selected on it"}
+    for name, gt in (("test", test), ("val_plus_test", pooled)):
+        out[name] = {**rank_figures(predicted, gt.mean(0)), "gt_repeat_tau": tau(gt[0], gt[1]),
+                     "macs_baseline_tau": tau(log_macs, gt.mean(0))}
+    return out
+
+
+def split_sizes(data_path: str) -> tuple[int, int]:
+    """Images in the validation and test splits, as the fine-tunes were scored."""
+    from nas.data import load_data
+    d = load_data(data_path, seed=0)
+    return d.val.num_samples, d.test.num_samples
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
@@ -77,13 +102,14 @@ def main() -> None:
     fit_ids = {x.id for x in space.decode_many(fit_pop)}
     held = stratified_sample(space, a.heldout, seed=1000, exclude=fit_ids)
     t0 = time.time()
-    accs = []
+    accs, test_accs = [], []
     for seed in (0, 1):
         recs = run_samples(space, held, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
                            replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
                            desc=f"held-out fine-tunes (seed {seed})")
-        by_id = {r["arch_id"]: r["val_top1"] for r in recs}
-        accs.append(np.array([by_id[x.id] for x in space.decode_many(held)]))
+        by_id = {r["arch_id"]: r for r in recs}
+        accs.append(np.array([by_id[x.id]["val_top1"] for x in space.decode_many(held)]))
+        test_accs.append([by_id[x.id].get("test_top1") for x in space.decode_many(held)])
     heldout_wall = time.time() - t0
     acc = (accs[0] + accs[1]) / 2
 
@@ -163,6 +189,9 @@ def main() -> None:
                "compute_seconds": compute,
                "predict_archs_per_s": speed, "distill_mode_comparison": distill_cmp, "workers": a.workers,
                "subset": a.subset}
+    if all(v is not None for seed_accs in test_accs for v in seed_accs):
+        figures["ground_truth_images"] = image_noise_figures(predicted, macs_h[:, 0], np.array(accs),
+                                                             np.array(test_accs, dtype=float), a.data)
     print({k: figures[k] for k in ("n_heldout", "kendall_tau", "spearman", "mae", "gt_repeat_tau")})
     print("baselines:", {k: round(v["kendall_tau"], 3) for k, v in baselines.items()})
     write_result(a.result_name, figures)

@@ -96,7 +96,9 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     net = build_from_blocks(space, arch, t_arch, teacher, blocks_dir, recal) if init == "blocks" else build_model(arch)
     init_top1 = evaluate(net, data.val, max_batches=2)
     train_model(net, data.train, cfg, teacher=teacher)
-    return {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "init_val_top1_2batches": init_top1,
+    # test top-1 is recorded for ground-truth studies only: nothing fits or selects on it
+    return {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "test_top1": evaluate(net, data.test),
+            "init_val_top1_2batches": init_top1,
             "seed": cfg.seed, "recipe": recipe_id(cfg, init), "seconds": time.time() - t0, "config": asdict(cfg),
             "init": init}
 
