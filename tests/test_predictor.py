@@ -112,6 +112,28 @@ def test_network_from_blocks_is_the_chain_of_distilled_stages(mini_space, synthe
             torch.testing.assert_close(net(x), want, rtol=1e-4, atol=1e-4)
 
 
+def test_fine_tuned_samples_are_saved_once_and_scored_on_val_and_test(mini_space, synthetic_npz, teacher_dir,
+                                                                        tmp_path):
+    from nas.latency.engine import load_jsonl
+    from nas.predictor.distill import DistillConfig, run_distillation
+    from nas.predictor.sample import recipe_id, run_samples
+    from nas.train import TrainConfig
+
+    run_distillation(mini_space, teacher_dir / "teacher", synthetic_npz, tmp_path / "blocks",
+                     DistillConfig(steps=3, score_images=64, batch_size=64), quiet=True)
+    pop = mini_space.sample(np.random.default_rng(0), 2)
+    cfg = TrainConfig(epochs=1, lr=0.01, max_steps=2)
+    results = tmp_path / "samples.jsonl"
+    args = (mini_space, pop, teacher_dir / "teacher", tmp_path / "blocks", synthetic_npz, results, cfg)
+    recs = run_samples(*args, quiet=True)
+    assert sorted(r["arch_id"] for r in recs) == sorted(a.id for a in mini_space.decode_many(pop))
+    for r in recs:
+        assert r["recipe"] == recipe_id(cfg) and r["seed"] == 0
+        assert 0.0 <= r["val_top1"] <= 1.0 and 0.0 <= r["test_top1"] <= 1.0
+    assert run_samples(*args, quiet=True) == recs  # a rerun finds them all and fine-tunes nothing
+    assert len(load_jsonl(str(results))) == 2
+
+
 def _toy_predictor(space, seed=0):
     from nas.predictor.fit import fit_predictor
 
