@@ -101,21 +101,21 @@ def main() -> None:
     fit_pop = stratified_sample(space, a.samples, cfg.seed)
     fit_ids = {x.id for x in space.decode_many(fit_pop)}
     held = stratified_sample(space, a.heldout, seed=1000, exclude=fit_ids)
+    held_ids = [x.id for x in space.decode_many(held)]
     t0 = time.time()
     accs, test_accs = [], []
     for seed in (0, 1):
         recs = run_samples(space, held, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
                            replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
-                           desc=f"held-out fine-tunes (seed {seed})")
+                           desc=f"held-out fine-tunes (seed {seed})", score_test=True)
         by_id = {r["arch_id"]: r for r in recs}
-        accs.append(np.array([by_id[x.id]["val_top1"] for x in space.decode_many(held)]))
-        test_accs.append([by_id[x.id].get("test_top1") for x in space.decode_many(held)])
+        accs.append(np.array([by_id[i]["val_top1"] for i in held_ids]))
+        test_accs.append([by_id[i].get("test_top1") for i in held_ids])
     heldout_wall = time.time() - t0
     acc = (accs[0] + accs[1]) / 2
 
     if a.extra_samples:
-        held_ids = {x.id for x in space.decode_many(held)}
-        extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | held_ids)
+        extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | set(held_ids))
         run_sample_seeds(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
                          a.sample_seeds, a.workers, subset=a.subset)
         fit_pop = np.concatenate([fit_pop, extra])

@@ -125,13 +125,15 @@ def test_fine_tuned_samples_are_saved_once_and_scored_on_val_and_test(mini_space
     cfg = TrainConfig(epochs=1, lr=0.01, max_steps=2)
     results = tmp_path / "samples.jsonl"
     args = (mini_space, pop, teacher_dir / "teacher", tmp_path / "blocks", synthetic_npz, results, cfg)
-    recs = run_samples(*args, quiet=True)
+    recs = run_samples(*args, quiet=True, score_test=True)
     assert sorted(r["arch_id"] for r in recs) == sorted(a.id for a in mini_space.decode_many(pop))
     for r in recs:
         assert r["recipe"] == recipe_id(cfg) and r["seed"] == 0
         assert 0.0 <= r["val_top1"] <= 1.0 and 0.0 <= r["test_top1"] <= 1.0
     assert run_samples(*args, quiet=True) == recs  # a rerun finds them all and fine-tunes nothing
     assert len(load_jsonl(str(results))) == 2
+    other = run_samples(*args[:-2], tmp_path / "plain.jsonl", cfg, quiet=True)  # the test split only on request
+    assert all("test_top1" not in r for r in other)
 
 
 def _toy_predictor(space, seed=0):

@@ -79,8 +79,11 @@ def build_from_blocks(space: SearchSpace, arch: Arch, teacher_arch: Arch, teache
 
 def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: str, data_path: str,
                   cfg: TrainConfig, subset: Optional[int] = None, threads: Optional[int] = None,
-                  init: str = "blocks") -> dict[str, Any]:
-    """Build one architecture (from the block library, or from scratch), fine-tune it with KD, score it."""
+                  init: str = "blocks", score_test: bool = False) -> dict[str, Any]:
+    """Build one architecture (from the block library, or from scratch), fine-tune it with KD, score it.
+
+    ``score_test``: also record top-1 on the test split, for ground-truth studies (nothing fits or selects
+    on it); off by default, since it adds a pass over the test split to every fine-tune."""
     from ..data import load_data
 
     if threads:
@@ -96,11 +99,12 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     net = build_from_blocks(space, arch, t_arch, teacher, blocks_dir, recal) if init == "blocks" else build_model(arch)
     init_top1 = evaluate(net, data.val, max_batches=2)
     train_model(net, data.train, cfg, teacher=teacher)
-    # test top-1 is recorded for ground-truth studies only: nothing fits or selects on it
-    return {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "test_top1": evaluate(net, data.test),
-            "init_val_top1_2batches": init_top1,
-            "seed": cfg.seed, "recipe": recipe_id(cfg, init), "seconds": time.time() - t0, "config": asdict(cfg),
-            "init": init}
+    rec = {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "init_val_top1_2batches": init_top1,
+           "seed": cfg.seed, "recipe": recipe_id(cfg, init), "seconds": time.time() - t0, "config": asdict(cfg),
+           "init": init}
+    if score_test:
+        rec["test_top1"] = evaluate(net, data.test)
+    return rec
 
 
 def recipe_id(cfg: TrainConfig, init: str = "blocks") -> str:
@@ -115,8 +119,10 @@ def recipe_id(cfg: TrainConfig, init: str = "blocks") -> str:
 def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
                 data_path: str | Path, results: str | Path, cfg: TrainConfig, workers: int = 0,
                 ray_address: Optional[str] = None, subset: Optional[int] = None, quiet: bool = False,
-                desc: str = "fine-tune samples") -> list[dict[str, Any]]:
-    """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL); Ray tasks when ``workers > 0``."""
+                desc: str = "fine-tune samples", score_test: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL); Ray tasks when ``workers > 0``.
+
+    ``score_test``: new fine-tunes also record test top-1 (see ``finetune_arch``)."""
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
     recipe = recipe_id(cfg)
@@ -135,14 +141,14 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
 
             with ray_session(workers, ray_address):
                 remote = ray.remote(num_cpus=1, max_retries=2)(finetune_arch)
-                pending = [remote.remote(*args, i, *tail, 1) for i in todo]
+                pending = [remote.remote(*args, i, *tail, 1, score_test=score_test) for i in todo]
                 while pending:
                     ready, pending = ray.wait(pending, num_returns=1)
                     append_jsonl(str(results), [ray.get(ready[0])])
                     bar.advance(task)
         else:
             for i in todo:
-                append_jsonl(str(results), [finetune_arch(*args, i, *tail)])
+                append_jsonl(str(results), [finetune_arch(*args, i, *tail, score_test=score_test)])
                 bar.advance(task)
     wanted = set(ids)
     return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and mine(r)]
