@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from _common import ROOT, binomial_ceiling_tau, write_result
 from scipy.stats import kendalltau
 
@@ -27,40 +30,109 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
-def extra_batches(path: str, device: str = "cpu"):
-    """Every image of an archive (train and test arrays) as evaluation batches: held-out images for scoring."""
-    import torch
-
-    from nas.data import TensorLoader, load_npz_archive
-
-    xtr, ytr, xte, yte = load_npz_archive(path)
-    x, y = np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
-    return TensorLoader(torch.from_numpy(x), torch.from_numpy(y), 512, False, device=device)
-
-
 def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
                  device: str = "cpu", score_extra: str | None = None, threads: int | None = None):
-    """Train one balanced mixture of M supernets and rank every placement with it."""
+    """Train one balanced mixture of M supernets and rank every placement with it. The ranking and its
+    figures are kept beside the checkpoint, so a rerun (or a run elsewhere, e.g. on a lent GPU) reuses them."""
     import torch
+
+    from nas.data import archive_loader
+    from nas.io import read_json, write_json
 
     if threads:
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
-    data = load_data(data_path, seed=0, subset=subset, device=device)
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
-    ckpt = Path(out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # resumable
-    res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=ckpt)
+    tag = f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
+    summary = Path(out) / f"{tag}{'_extra' if score_extra else ''}.json"
+    if summary.exists():
+        saved = read_json(summary)
+        return pd.DataFrame(saved["ranking"]), saved["info"]
+    data = load_data(data_path, seed=0, subset=subset, device=device)
+    res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=Path(out) / f"{tag}.ckpt")
     t1 = time.time()
-    extra = extra_batches(score_extra, device) if score_extra else None
+    extra = archive_loader(score_extra, device=device) if score_extra else None
     ranking = score_placements(space, res, data, extra=extra)
     # training seconds as recorded in the checkpoint: a rerun that finds the mixture trained only scores it
     info = {"train_seconds": res["seconds"], "score_seconds": time.time() - t1, "steps": res["steps"],
-            "split_at_step": res["split_at"],
+            "split_at_step": res["split_at"], "device": device if device == "cpu" else torch.cuda.get_device_name(0),
             **({"extra_images": len(extra.y)} if extra is not None else {}),
             "test_images": len(data.test.y),  # the split every standalone placement is scored on
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
+    write_json(summary, {"info": info, "ranking": ranking.to_dict("records")})
     return ranking, info
+
+
+def ground_truth(rows: list[dict], names: list[str], seeds: list[int]) -> dict:
+    """Standalone accuracies per seed (records without a seed are seed 0), their mean over the seeds that
+    cover every placement, and, where every record also counted the extra images, the same pooled over
+    test + extra images."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by_seed.setdefault(int(r.get("seed", 0)), {})[r["placement"]] = r
+    complete = [s for s in seeds if set(names) <= set(by_seed.get(s, {}))]
+    if not complete:
+        raise SystemExit(f"no seed of {seeds} has every placement trained standalone")
+    test = {s: {n: by_seed[s][n]["standalone_accuracy"] for n in names} for s in complete}
+    out = {"seeds": complete, "test": test, "mean": {n: float(np.mean([test[s][n] for s in complete])) for n in names}}
+    recs = [by_seed[s][n] for s in complete for n in names]
+    if all("extra_correct" in r for r in recs):
+        pooled = {s: {n: (by_seed[s][n]["test_correct"] + by_seed[s][n]["extra_correct"])
+                      / (by_seed[s][n]["test_images"] + by_seed[s][n]["extra_images"]) for n in names}
+                  for s in complete}
+        out["pooled"] = pooled
+        out["pooled_mean"] = {n: float(np.mean([pooled[s][n] for s in complete])) for n in names}
+        out["pooled_images"] = int(recs[0]["test_images"] + recs[0]["extra_images"])
+        out["extra"] = {s: {n: by_seed[s][n]["extra_accuracy"] for n in names} for s in complete}
+    return out
+
+
+def tau(a: dict, b: dict) -> float:
+    keys = sorted(a)
+    return float(kendalltau([a[k] for k in keys], [b[k] for k in keys]).statistic)
+
+
+def repeat_tau(per_seed: dict) -> dict:
+    """Kendall tau between the rankings that two seeds give (the ceiling of a one-seed ground truth)."""
+    pairs = {f"{s}-{t}": tau(per_seed[s], per_seed[t]) for s, t in itertools.combinations(sorted(per_seed), 2)}
+    return {"pairs": pairs, "mean": float(np.mean(list(pairs.values())))} if pairs else {}
+
+
+def run_parallel_processes(procs: int, mixture_args: dict, standalone_args: list, gt_path: str) -> dict:
+    """Mixtures and standalone trainings side by side in ``procs`` processes (one GPU shared by all, or CPU
+    cores; no Ray needed). The mixtures go first, since they are the longest; every standalone result is
+    appended to the ground truth as soon as it exists."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    runs = {}
+    with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(mixture_task, *args): M for M, args in mixture_args.items()}
+        futures.update({ex.submit(standalone_task, *args): None for args in standalone_args})
+        for f in as_completed(futures):
+            if futures[f] is None:
+                append_jsonl(gt_path, [f.result()])
+            else:
+                runs[futures[f]] = f.result()
+                print(f"M={futures[f]} done", flush=True)
+    return runs
+
+
+def run_with_ray(workers: int, mixture_args: dict, standalone_args: list, gt_path: str) -> dict:
+    """The standalone trainings, then the mixtures, as Ray tasks of one core each."""
+    import ray
+
+    from nas.parallel import ray_session
+
+    with ray_session(workers):
+        task = ray.remote(num_cpus=1, max_retries=1)(standalone_task)
+        pending = [task.remote(*args) for args in standalone_args]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            append_jsonl(gt_path, [ray.get(ready[0])])
+        task = ray.remote(num_cpus=1, max_retries=0)(mixture_task)
+        return dict(zip(mixture_args, ray.get([task.remote(*args) for args in mixture_args.values()])))
 
 
 def main() -> None:
@@ -68,99 +140,99 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
     ap.add_argument("--base-width", type=int, default=8)
     ap.add_argument("--standalone-epochs", type=float, default=4.0)
+    ap.add_argument("--standalone-seeds", default="0",
+                    help="train every placement standalone once per seed; the ground truth is their mean")
     ap.add_argument("--mixture-epochs", type=float, default=12.0)
     ap.add_argument("--mixture-warmup", type=float, default=0.0,
                     help="epochs of one shared supernet before it is cloned into the M models")
     ap.add_argument("--models", default="1,4")
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=0, help="Ray tasks of one core each")
+    ap.add_argument("--procs", type=int, default=0,
+                    help="processes sharing --device instead of Ray (e.g. several trainings on one GPU)")
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "pooling_bench"))
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     ap.add_argument("--result-name", default="pooling_mixture")
     ap.add_argument("--standalone-note", default="", help="where the standalone ground truth was trained")
     ap.add_argument("--score-extra", help="an archive of further held-out images (used by neither the mixtures "
-                                          "nor the ground truth): placements are also scored on validation + these")
+                                          "nor the ground truth's training): placements are also scored on these, "
+                                          "by the supernets and by the standalone networks trained from now on")
     a = ap.parse_args()
     space = PlacementSpace(base_width=a.base_width)
     space_kw = asdict(space)
+    seeds = [int(s) for s in a.standalone_seeds.split(",")]
+    names = [space.name(p) for p in space.placements]
 
-    # ground truth: every placement trained standalone with one short recipe (resumable, JSONL)
+    # ground truth: every placement trained standalone with one short recipe per seed (resumable, JSONL)
     gt_path = f"{a.out}/standalone.jsonl"
-    import os
-
     os.makedirs(a.out, exist_ok=True)
-    done = {r["placement"] for r in load_jsonl(gt_path)}
-    todo = [p for p in space.placements if space.name(p) not in done]
-    t0 = time.time()
-    if todo and a.workers > 0:
-        import ray
-
-        from nas.parallel import ray_session
-
-        with ray_session(a.workers):
-            task = ray.remote(num_cpus=1, max_retries=1)(standalone_task)
-            pending = [task.remote(space_kw, p, a.data, a.standalone_epochs, 0, a.subset, 1) for p in todo]
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                append_jsonl(gt_path, [ray.get(ready[0])])
-    else:
-        for p in todo:
-            append_jsonl(gt_path, [standalone_task(space_kw, p, a.data, a.standalone_epochs, 0, a.subset,
-                                                   device=a.device)])
-    standalone_wall = time.time() - t0
-    gt = {r["placement"]: r["standalone_accuracy"] for r in load_jsonl(gt_path)}
-
+    done = {(r["placement"], int(r.get("seed", 0))) for r in load_jsonl(gt_path)}
+    threads = 1 if a.workers or a.procs else None  # many trainers side by side: one CPU thread each
+    standalone_args = [(space_kw, p, a.data, a.standalone_epochs, s, a.subset, threads, a.device, a.score_extra)
+                       for s in seeds for p in space.placements if (space.name(p), s) not in done]
     models = [int(m) for m in a.models.split(",")]
-    args = lambda M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device,  # noqa: E731
-                      a.score_extra)
-    if a.workers > 0:  # one mixture per Ray task, one thread each
-        import ray
-
-        from nas.parallel import ray_session
-
-        with ray_session(a.workers):
-            task = ray.remote(num_cpus=1, max_retries=0)(mixture_task)
-            runs = dict(zip(models, ray.get([task.remote(*args(M), 1) for M in models])))
+    mixture_args = {M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device,
+                        a.score_extra, threads) for M in models}
+    t0 = time.time()
+    if a.procs:
+        runs = run_parallel_processes(a.procs, mixture_args, standalone_args, gt_path)
+    elif a.workers:
+        runs = run_with_ray(a.workers, mixture_args, standalone_args, gt_path)
     else:
-        runs = {M: mixture_task(*args(M)) for M in models}
+        for args in standalone_args:
+            append_jsonl(gt_path, [standalone_task(*args)])
+        runs = {M: mixture_task(*args) for M, args in mixture_args.items()}
+    wall = time.time() - t0
+    truth = ground_truth(load_jsonl(gt_path), names, seeds)
+    gt = truth["mean"]
+
     results = {}
     for M, (ranking, info) in runs.items():
         ranking["standalone_accuracy"] = ranking["placement"].map(gt)
         ranking.to_csv(f"{a.out}/ranking_M{M}.csv", index=False)
+        supernet = dict(zip(ranking["placement"], ranking["supernet_accuracy"]))
         chosen = ranking.iloc[0]["placement"]
         extra_images = info.pop("extra_images", None)
         test_images = info.pop("test_images")
-        results[f"M{M}"] = {
-            "kendall_tau": float(kendalltau(ranking["supernet_accuracy"], ranking["standalone_accuracy"]).statistic),
-            "chosen": chosen, "chosen_standalone_accuracy": gt[chosen], **info}
+        results[f"M{M}"] = {"kendall_tau": tau(supernet, gt), "chosen": chosen, "chosen_standalone_accuracy": gt[chosen],
+                            **info}
+        if "pooled_mean" in truth:  # validation images for the supernets, test + extra for the ground truth
+            results[f"M{M}"]["kendall_tau_vs_pooled_gt"] = tau(supernet, truth["pooled_mean"])
         if "pooled_accuracy" in ranking:
             pooled = ranking.sort_values("pooled_accuracy", ascending=False)
+            scores = dict(zip(pooled["placement"], pooled["pooled_accuracy"]))
             results[f"M{M}"]["pooled_scoring"] = {
                 "images": extra_images, "source": a.score_extra,
-                "kendall_tau": float(kendalltau(pooled["pooled_accuracy"], pooled["standalone_accuracy"]).statistic),
-                "kendall_tau_extra_only": float(kendalltau(pooled["extra_accuracy"],
-                                                           pooled["standalone_accuracy"]).statistic),
+                "kendall_tau": tau(scores, gt),
+                "kendall_tau_extra_only": tau(dict(zip(pooled["placement"], pooled["extra_accuracy"])), gt),
                 "val_vs_extra_tau": float(kendalltau(pooled["supernet_accuracy"], pooled["extra_accuracy"]).statistic),
                 "chosen": pooled.iloc[0]["placement"], "chosen_standalone_accuracy": gt[pooled.iloc[0]["placement"]]}
-        print(M, results[f"M{M}"])
+        print(M, results[f"M{M}"], flush=True)
     default = space.name(space.default())
     best_name = max(gt, key=gt.get)
+    gt_summary = {"seeds": truth["seeds"], "seed_repeat_tau": repeat_tau(truth["test"]),
+                  "standalone_accuracy_by_seed": truth["test"]}
+    if "pooled_mean" in truth:
+        gt_summary["pooled"] = {"images": truth["pooled_images"], "source": a.score_extra,
+                                "standalone_accuracy": truth["pooled_mean"],
+                                "seed_repeat_tau": repeat_tau(truth["pooled"]),
+                                "test_vs_extra_tau": {s: tau(truth["test"][s], truth["extra"][s]) for s in truth["seeds"]},
+                                "mean_test_vs_pooled_tau": tau(gt, truth["pooled_mean"])}
     import torch
 
     figures = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
                "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
-               "recipe": {"standalone_epochs": a.standalone_epochs, "mixture_epochs": a.mixture_epochs,
-                          "mixture_warmup_epochs": a.mixture_warmup,
+               "recipe": {"standalone_epochs": a.standalone_epochs, "standalone_seeds": truth["seeds"],
+                          "mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
                           "data": a.data, "subset": a.subset},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
-               "standalone_accuracy": gt, "standalone_wall_time_s": standalone_wall,
+               "standalone_accuracy": gt, "wall_time_s": wall,
                # MACs are equal for every placement (widths double at each pool); parameters are not
-               "params_baseline_tau": float(kendalltau([space.params(p) for p in space.placements],
-                                                       [gt[space.name(p)] for p in space.placements]).statistic),
+               "params_baseline_tau": tau({space.name(p): space.params(p) for p in space.placements}, gt),
                # no supernet can rank better against this ground truth than a perfect ranking would
                "gt_ceiling_tau": binomial_ceiling_tau(list(gt.values()), test_images),
-               "standalone_note": a.standalone_note, **results,
+               "ground_truth": gt_summary, "standalone_note": a.standalone_note, **results,
                "goals": {"M4_tau_above_M1": results.get("M4", {}).get("kendall_tau", 0) > results.get("M1", {}).get("kendall_tau", 1),
                          "M4_tau_at_least_0.6": results.get("M4", {}).get("kendall_tau", 0) >= 0.6,
                          "chosen_beats_default": results.get("M4", {}).get("chosen_standalone_accuracy", 0) > gt[default]},

@@ -267,6 +267,15 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional
         num_classes=int(max(ytr.max(), yte.max())) + 1, input_size=int(xtr.shape[1]), name=name)
 
 
+def archive_loader(path: str | os.PathLike, batch_size: int = 512, device: str = "cpu") -> TensorLoader:
+    """Every image of an archive (its train and test arrays) as evaluation batches: held-out images that
+    neither training nor validation uses, for scoring on more images than one split holds."""
+    xtr, ytr, xte, yte = load_npz_archive(path)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return TensorLoader(t(np.concatenate([xtr, xte])), t(np.concatenate([ytr, yte])), batch_size, False,
+                        device=device)
+
+
 def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: Optional[int],
                  eval_batch_size: int, size: int) -> Splits:
     from torch.utils.data import DataLoader, Subset

@@ -358,16 +358,16 @@ def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max
 
 
 def train_standalone(space: AnyPlacementSpace, placement: tuple[int, ...], data, epochs: float, lr: float = 0.05,
-                     seed: int = 0, device: str = "cpu") -> float:
-    """One placement trained on its own (the same short recipe for all); test top-1."""
-    from .train import TrainConfig, evaluate, train_model
+                     seed: int = 0, device: str = "cpu") -> nn.Module:
+    """One placement trained on its own (the same short recipe for all); the trained network."""
+    from .train import TrainConfig, train_model
 
     torch.manual_seed(seed)
     model = _Fixed(space.build_supernet(), placement)
     data.train.reseed(seed)
     train_model(model, data.train, TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0.2, label_smoothing=0.0,
                                                seed=seed), device=device)
-    return evaluate(model, data.test)
+    return model
 
 
 class _Fixed(nn.Module):
@@ -380,16 +380,26 @@ class _Fixed(nn.Module):
 
 
 def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, epochs: float, seed: int,
-                    subset: Optional[int], threads: Optional[int] = None, device: str = "cpu") -> dict[str, Any]:
-    from .data import load_data
+                    subset: Optional[int], threads: Optional[int] = None, device: str = "cpu",
+                    extra_path: Optional[str] = None) -> dict[str, Any]:
+    """Train one placement standalone; its top-1 on the test split and, with ``extra_path`` (an archive of
+    images used nowhere else), on those too. Hit counts are kept so that splits and seeds can be pooled."""
+    from .data import archive_loader, load_data
+    from .train import count_correct
 
     if threads:
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
     data = load_data(data_path, seed=0, subset=subset, device=device)
     t0 = time.time()
-    acc = train_standalone(space, tuple(placement), data, epochs, seed=seed, device=device)
-    return {"placement": space.name(tuple(placement)), "standalone_accuracy": acc, "seconds": time.time() - t0}
+    model = train_standalone(space, tuple(placement), data, epochs, seed=seed, device=device).eval()
+    correct, n = count_correct(model, data.test)
+    row = {"placement": space.name(tuple(placement)), "seed": seed, "standalone_accuracy": correct / n,
+           "test_correct": correct, "test_images": n}
+    if extra_path:
+        c, m = count_correct(model, archive_loader(extra_path, device=device))
+        row.update(extra_accuracy=c / m, extra_correct=c, extra_images=m)
+    return {**row, "seconds": time.time() - t0}
 
 
 def _cycle(loader):

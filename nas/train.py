@@ -60,6 +60,7 @@ def evaluate(model: nn.Module, loader, max_batches: Optional[int] = None) -> flo
     return correct / max(1, total)
 
 
+@torch.no_grad()
 def count_correct(model: Callable[[torch.Tensor], torch.Tensor], loader,
                   max_batches: Optional[int] = None) -> tuple[int, int]:
     """Top-1 hits and images over ``loader`` (the model's mode left as it is)."""
