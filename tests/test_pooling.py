@@ -218,3 +218,19 @@ def test_interrupted_mixture_resumes_exactly(synthetic_npz, tmp_path):
     with pytest.raises(UserError, match="another mixture configuration"):
         train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=1), MixtureConfig(models=2, epochs=1,
                       batch_size=64, seed=1), checkpoint=ckpt)
+
+
+def test_standalone_run_counts_hits_on_test_and_extra_images(synthetic_npz):
+    from dataclasses import asdict
+
+    from nas.pooling import standalone_task
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    run = lambda seed, extra=None: standalone_task(asdict(space), (2,), str(synthetic_npz), 0.3, seed, None,  # noqa: E731
+                                                   extra_path=extra)
+    row = run(1, str(synthetic_npz))
+    assert (row["placement"], row["seed"], row["test_images"], row["extra_images"]) == ("pool@2", 1, 300, 1500)
+    assert row["standalone_accuracy"] == row["test_correct"] / 300
+    assert row["extra_accuracy"] == row["extra_correct"] / 1500
+    again = run(1)  # same seed, same network; no extra images asked for, none counted
+    assert again["standalone_accuracy"] == row["standalone_accuracy"] and "extra_correct" not in again
