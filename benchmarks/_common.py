@@ -50,3 +50,24 @@ def binomial_ceiling_tau(accuracies, n_images: int, draws: int = 4000, seed: int
         taus.append(kendalltau(truth, truth + rng.normal(0.0, noise, len(acc))).statistic)
     return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95)),
             "n_images": int(n_images), "observed_sd": float(acc.std(ddof=1)), "binomial_sd": noise}
+
+
+def repeat_ceiling_tau(per_seed: list[list[float]], draws: int = 4000, seed: int = 0) -> dict:
+    """The Kendall tau a perfect ranking would reach against the mean of k repeated measurements (e.g. k
+    training seeds of every candidate), with the noise taken from the repeats themselves: the variance across
+    repeats of one candidate (training and image noise together) against the spread of the candidates' means.
+    ``per_seed``: k lists, one accuracy per candidate each, in the same order."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    acc = np.asarray(per_seed, dtype=float)  # k x candidates
+    k = acc.shape[0]
+    noise_var = float(acc.var(axis=0, ddof=1).mean())
+    true_sd = float(np.sqrt(max(acc.mean(axis=0).var(ddof=1) - noise_var / k, 0.0)))
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(draws):
+        truth = rng.normal(0.0, true_sd, acc.shape[1])
+        taus.append(kendalltau(truth, truth + rng.normal(0.0, np.sqrt(noise_var / k), acc.shape[1])).statistic)
+    return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95)),
+            "repeats": int(k), "repeat_sd": float(np.sqrt(noise_var)), "true_sd": true_sd}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import ROOT, binomial_ceiling_tau, write_result
+from _common import ROOT, binomial_ceiling_tau, repeat_ceiling_tau, write_result
 from scipy.stats import kendalltau
 
 from nas.data import load_data
@@ -66,8 +66,8 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
 
 def ground_truth(rows: list[dict], names: list[str], seeds: list[int]) -> dict:
     """Standalone accuracies per seed (records without a seed are seed 0), their mean over the seeds that
-    cover every placement, and, where every record also counted the extra images, the same pooled over
-    test + extra images."""
+    cover every placement, and, over the seeds whose records also counted the extra images, the same pooled
+    over test + extra images."""
     by_seed: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_seed.setdefault(int(r.get("seed", 0)), {})[r["placement"]] = r
@@ -76,15 +76,16 @@ def ground_truth(rows: list[dict], names: list[str], seeds: list[int]) -> dict:
         raise SystemExit(f"no seed of {seeds} has every placement trained standalone")
     test = {s: {n: by_seed[s][n]["standalone_accuracy"] for n in names} for s in complete}
     out = {"seeds": complete, "test": test, "mean": {n: float(np.mean([test[s][n] for s in complete])) for n in names}}
-    recs = [by_seed[s][n] for s in complete for n in names]
-    if all("extra_correct" in r for r in recs):
-        pooled = {s: {n: (by_seed[s][n]["test_correct"] + by_seed[s][n]["extra_correct"])
-                      / (by_seed[s][n]["test_images"] + by_seed[s][n]["extra_images"]) for n in names}
-                  for s in complete}
-        out["pooled"] = pooled
-        out["pooled_mean"] = {n: float(np.mean([pooled[s][n] for s in complete])) for n in names}
-        out["pooled_images"] = int(recs[0]["test_images"] + recs[0]["extra_images"])
-        out["extra"] = {s: {n: by_seed[s][n]["extra_accuracy"] for n in names} for s in complete}
+    pooled_seeds = [s for s in complete if all("extra_correct" in by_seed[s][n] for n in names)]
+    if pooled_seeds:
+        def pooled(r):
+            return (r["test_correct"] + r["extra_correct"]) / (r["test_images"] + r["extra_images"])
+
+        out["pooled"] = {s: {n: pooled(by_seed[s][n]) for n in names} for s in pooled_seeds}
+        out["pooled_mean"] = {n: float(np.mean([out["pooled"][s][n] for s in pooled_seeds])) for n in names}
+        first = by_seed[pooled_seeds[0]][names[0]]
+        out["pooled_images"] = int(first["test_images"] + first["extra_images"])
+        out["extra"] = {s: {n: by_seed[s][n]["extra_accuracy"] for n in names} for s in pooled_seeds}
     return out
 
 
@@ -210,14 +211,19 @@ def main() -> None:
         print(M, results[f"M{M}"], flush=True)
     default = space.name(space.default())
     best_name = max(gt, key=gt.get)
+    per_seed = lambda acc: [[acc[s][n] for n in names] for s in acc]  # noqa: E731
     gt_summary = {"seeds": truth["seeds"], "seed_repeat_tau": repeat_tau(truth["test"]),
                   "standalone_accuracy_by_seed": truth["test"]}
+    if len(truth["seeds"]) > 1:  # the ceiling with training noise counted, from the seeds themselves
+        gt_summary["repeat_ceiling_tau"] = repeat_ceiling_tau(per_seed(truth["test"]))
     if "pooled_mean" in truth:
         gt_summary["pooled"] = {"images": truth["pooled_images"], "source": a.score_extra,
-                                "standalone_accuracy": truth["pooled_mean"],
+                                "seeds": sorted(truth["pooled"]), "standalone_accuracy": truth["pooled_mean"],
                                 "seed_repeat_tau": repeat_tau(truth["pooled"]),
-                                "test_vs_extra_tau": {s: tau(truth["test"][s], truth["extra"][s]) for s in truth["seeds"]},
+                                "test_vs_extra_tau": {s: tau(truth["test"][s], truth["extra"][s]) for s in truth["pooled"]},
                                 "mean_test_vs_pooled_tau": tau(gt, truth["pooled_mean"])}
+        if len(truth["pooled"]) > 1:
+            gt_summary["pooled"]["repeat_ceiling_tau"] = repeat_ceiling_tau(per_seed(truth["pooled"]))
     import torch
 
     figures = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
