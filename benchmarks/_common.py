@@ -35,8 +35,10 @@ def binomial_ceiling_tau(accuracies, n_images: int, draws: int = 4000, seed: int
     """The Kendall tau a perfect ranking would reach against accuracies each measured on ``n_images`` images.
 
     The true spread is the observed one less the binomial noise of counting hits on ``n_images``; the
-    ranking is then compared with true + binomial noise, ``draws`` times. Training noise (another seed)
-    lowers the real ceiling further, so this is an upper bound."""
+    ranking is then compared with true + binomial noise, ``draws`` times. A rough guide, not a bound: networks
+    of one family err on the same hard images, so sampling the images moves their differences less than
+    independent counts would, and training noise (another seed) is not counted at all; with repeated seeds,
+    ``repeat_ceiling_tau`` measures the noise instead."""
     import numpy as np
     from scipy.stats import kendalltau
 
