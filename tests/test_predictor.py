@@ -159,6 +159,10 @@ def test_predictor_json_roundtrip_and_vectorised(mini_space, tmp_path):
     loop = np.array([again.predict(row[None])[0] for row in pop[:50]])
     np.testing.assert_allclose(again.predict(pop[:50]), loop, rtol=1e-12)
     assert pred.version == again.version
+    again.meta["date"] = "another day"  # provenance: refitting the same model keeps its version
+    assert again.version == pred.version
+    again.meta["model"] = {**again.meta["model"], "intercept": again.meta["model"].get("intercept", 0.0) + 1e-3}
+    assert again.version != pred.version
 
 
 def test_mlp_predictor_roundtrip(mini_space, tmp_path):

@@ -24,6 +24,10 @@ VERSION = 1
 EXTRA_FEATURES = ("log_macs", "log_params", "placement_score")
 
 
+_SCORING_FIELDS = ("format", "version", "space", "space_signature", "features", "model", "stage_nsr",
+                   "placement_scores")
+
+
 class Predictor:
     def __init__(self, meta: dict[str, Any], path: Optional[Path] = None):
         self.meta, self.path = meta, path
@@ -58,8 +62,11 @@ class Predictor:
 
     @property
     def version(self) -> str:
-        """Content hash: identifies exactly which predictor scored a run."""
-        blob = json.dumps(self.meta, sort_keys=True).encode()
+        """Hash of what the predictions depend on (space, features, model, block NSRs, placement scores):
+        identifies which predictor scored a run. Provenance (fit date, CV scores, recipes) is left out, so
+        refitting the same samples to the same model gives the same version."""
+        scoring = {k: self.meta.get(k) for k in _SCORING_FIELDS}
+        blob = json.dumps(scoring, sort_keys=True).encode()
         return f"v{VERSION}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
     @property
