@@ -35,7 +35,7 @@ from torch import nn
 from .errors import UserError
 from .io import write_csv, write_json, write_torch
 from .space import Arch, SearchSpace, placement_name
-from .supernet import SlicedBN, batch_statistics
+from .supernet import SlicedBN, batch_statistics, recalibrate_bn
 
 
 # ---------------------------------------------------------------------- space
@@ -346,7 +346,7 @@ def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max
     for i, p in enumerate(space.placements):
         k = int(np.argmax(result["P"][i]))
         model = result["models"][k]
-        recalibrate_bn(model, p, recal)
+        recalibrate_bn(model, lambda x: model(x, p), recal)
         correct, total = count_correct(_Fixed(model, p), data.val, max_batches)
         row = {"placement": space.name(p), "model": k, "supernet_accuracy": correct / max(1, total),
                "w_estimate": float(result["W"][i, k]), "macs": space.macs(p)}
@@ -405,24 +405,6 @@ def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, 
 def _cycle(loader):
     while True:
         yield from loader
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, placement: tuple[int, ...], batches: list[torch.Tensor]) -> None:
-    """Re-estimate BN running statistics for one placement (cumulative average over ``batches``)."""
-    if not batches:
-        raise ValueError("BN recalibration needs at least one batch")
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x in batches:
-        model(x, placement)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.eval()
 
 
 def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,

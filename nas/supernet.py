@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -209,15 +209,26 @@ def largest_choices(space: SearchSpace, stage: int) -> dict[str, Any]:
             "act": st.act[-1]}
 
 
-def set_bn_recalibration(module: nn.Module, on: bool) -> None:
-    """Switch sliced BNs to cumulative statistics (and reset them) for re-estimation on a few batches."""
-    for m in module.modules():
-        if isinstance(m, SlicedBN):
-            if on:
-                m.reset_running_stats()
-                m.momentum = None
-            else:
-                m.momentum = 0.1
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, forward: Callable[[torch.Tensor], Any], batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BN's running statistics as the cumulative average over ``batches`` run through
+    ``forward`` (one path of a weight-sharing model: every other path has shifted the shared statistics).
+    Momentum is restored afterwards and the model left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    seen = 0
+    for x in batches:
+        forward(x)
+        seen += 1
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    model.eval()
+    if not seen:
+        raise ValueError("BN recalibration needs at least one batch")
 
 
 @contextlib.contextmanager

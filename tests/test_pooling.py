@@ -98,7 +98,7 @@ def test_placements_and_widths():
 def test_bn_recalibration_gives_each_placements_own_statistics():
     """After recalibration, the sliced BN of every block holds the cumulative mean/var of its input over the
     recalibration batches (what nn.BatchNorm2d with momentum=None computes), so eval mode equals batch stats."""
-    from nas.pooling import recalibrate_bn
+    from nas.supernet import recalibrate_bn
 
     torch.manual_seed(0)
     space = PlacementSpace(base_width=4)
@@ -108,7 +108,7 @@ def test_bn_recalibration_gives_each_placements_own_statistics():
     net.train()
     for _ in range(3):  # running stats written by other placements first
         net(torch.randn(8, 3, 16, 16) * 3 + 1, space.placements[0])
-    recalibrate_bn(net, p, [x])
+    recalibrate_bn(net, lambda b: net(b, p), [x])
     with torch.no_grad():
         eval_out = net(x, p)
         net.train()

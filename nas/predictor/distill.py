@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..io import write_csv, write_json, write_torch
 from ..progress import progress_bar
 from ..space import SearchSpace, StageChoice, StageOption
-from ..supernet import ElasticStage, batch_statistics, largest_choices, set_bn_recalibration
+from ..supernet import ElasticStage, batch_statistics, largest_choices, recalibrate_bn
 
 
 @dataclass
@@ -158,15 +158,9 @@ def load_stage_weights(space: SearchSpace, teacher_arch, stage: int, path: Path)
     return net.eval()
 
 
-@torch.no_grad()
 def recalibrate(net: ElasticStage, choices: dict[str, Any], inputs: list[torch.Tensor]) -> None:
     """Re-estimate the BN statistics of one option on a few batches (weight sharing shifts them)."""
-    set_bn_recalibration(net, True)
-    net.train()
-    for x in inputs:
-        net(x, choices)
-    set_bn_recalibration(net, False)
-    net.eval()
+    recalibrate_bn(net, lambda x: net(x, choices), inputs)
 
 
 @torch.no_grad()
