@@ -1,11 +1,15 @@
 """Balanced mixture of supernets for pooling placement, ResNet20-like space on CIFAR-10 (narrowed and shortened).
 
     python benchmarks/pooling_mixture.py --workers 2
+    # where a GPU is lent: trainings and mixtures side by side on it, no Ray
+    python benchmarks/pooling_mixture.py --device cuda --procs 10 --standalone-seeds 0,1,2 ...
 
-Narrowed: widths 8/16/32 (half of ResNet20's 16/32/64). Shortened: every placement trained standalone for a
-few epochs with one recipe; supernets for a dozen epochs. For M = 1 and M = 4: Kendall tau between the
-supernet-estimated and the standalone accuracy over all 36 placements, and the standalone accuracy of the
-chosen placement against the default one. Writes benchmarks/results/pooling_mixture.json.
+Narrowed: widths 8/16/32 by default (half of ResNet20's 16/32/64; --base-width 16 for ResNet20's). Shortened:
+every placement trained standalone for a few epochs with one recipe, once per --standalone-seeds seed (the
+ground truth is the mean over seeds); supernets for a dozen epochs. For M = 1 and M = 4: Kendall tau between
+the supernet-estimated and the standalone accuracy over all 36 placements, the standalone accuracy of the
+chosen placement against the default one, and how far the ground truth itself can be trusted (seed repeats,
+the tau a perfect ranking would reach). Writes benchmarks/results/pooling_mixture.json.
 """
 from __future__ import annotations
 
