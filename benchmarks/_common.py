@@ -31,6 +31,20 @@ def write_result(name: str, figures: dict) -> Path:
     return path
 
 
+def _perfect_ranking_tau(true_sd: float, noise_sd: float, n: int, draws: int, seed: int) -> dict:
+    """Kendall tau between ``n`` true values (spread ``true_sd``) and the same plus measurement noise, over
+    ``draws`` draws: what a perfect ranking reaches against a ground truth that noisy."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(draws):
+        truth = rng.normal(0.0, true_sd, n)
+        taus.append(kendalltau(truth, truth + rng.normal(0.0, noise_sd, n)).statistic)
+    return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95))}
+
+
 def binomial_ceiling_tau(accuracies, n_images: int, draws: int = 4000, seed: int = 0) -> dict:
     """The Kendall tau a perfect ranking would reach against accuracies each measured on ``n_images`` images.
 
@@ -40,17 +54,11 @@ def binomial_ceiling_tau(accuracies, n_images: int, draws: int = 4000, seed: int
     independent counts would, and training noise (another seed) is not counted at all; with repeated seeds,
     ``repeat_ceiling_tau`` measures the noise instead."""
     import numpy as np
-    from scipy.stats import kendalltau
 
     acc = np.asarray(accuracies, dtype=float)
     noise = float(np.sqrt(np.mean(acc * (1 - acc) / n_images)))
     true_sd = float(np.sqrt(max(acc.var(ddof=1) - noise ** 2, 0.0)))
-    rng = np.random.default_rng(seed)
-    taus = []
-    for _ in range(draws):
-        truth = rng.normal(0.0, true_sd, len(acc))
-        taus.append(kendalltau(truth, truth + rng.normal(0.0, noise, len(acc))).statistic)
-    return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95)),
+    return {**_perfect_ranking_tau(true_sd, noise, len(acc), draws, seed),
             "n_images": int(n_images), "observed_sd": float(acc.std(ddof=1)), "binomial_sd": noise}
 
 
@@ -60,16 +68,10 @@ def repeat_ceiling_tau(per_seed: list[list[float]], draws: int = 4000, seed: int
     repeats of one candidate (training and image noise together) against the spread of the candidates' means.
     ``per_seed``: k lists, one accuracy per candidate each, in the same order."""
     import numpy as np
-    from scipy.stats import kendalltau
 
     acc = np.asarray(per_seed, dtype=float)  # k x candidates
     k = acc.shape[0]
     noise_var = float(acc.var(axis=0, ddof=1).mean())
     true_sd = float(np.sqrt(max(acc.mean(axis=0).var(ddof=1) - noise_var / k, 0.0)))
-    rng = np.random.default_rng(seed)
-    taus = []
-    for _ in range(draws):
-        truth = rng.normal(0.0, true_sd, acc.shape[1])
-        taus.append(kendalltau(truth, truth + rng.normal(0.0, np.sqrt(noise_var / k), acc.shape[1])).statistic)
-    return {"mean": float(np.mean(taus)), "p5": float(np.percentile(taus, 5)), "p95": float(np.percentile(taus, 95)),
+    return {**_perfect_ranking_tau(true_sd, float(np.sqrt(noise_var / k)), acc.shape[1], draws, seed),
             "repeats": int(k), "repeat_sd": float(np.sqrt(noise_var)), "true_sd": true_sd}
