@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -210,25 +210,23 @@ def largest_choices(space: SearchSpace, stage: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, forward: Callable[[torch.Tensor], Any], batches: Iterable[torch.Tensor]) -> None:
+def recalibrate_bn(model: nn.Module, forward: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tensor]) -> None:
     """Re-estimate every BN's running statistics as the cumulative average over ``batches`` run through
     ``forward`` (one path of a weight-sharing model: every other path has shifted the shared statistics).
     Momentum is restored afterwards and the model left in eval mode."""
+    if not batches:  # before anything is reset: no batches would leave every BN at zero mean, unit variance
+        raise ValueError("BN recalibration needs at least one batch")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    seen = 0
     for x in batches:
         forward(x)
-        seen += 1
     for m, mom in zip(norms, saved):
         m.momentum = mom
     model.eval()
-    if not seen:
-        raise ValueError("BN recalibration needs at least one batch")
 
 
 @contextlib.contextmanager
