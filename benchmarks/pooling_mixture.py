@@ -27,6 +27,7 @@ from _common import ROOT, binomial_ceiling_tau, repeat_ceiling_tau, write_result
 from scipy.stats import kendalltau
 
 from nas.data import load_data
+from nas.errors import UserError
 from nas.latency.engine import append_jsonl, load_jsonl
 from nas.pooling import MixtureConfig, PlacementSpace, score_placements, standalone_task, train_mixture
 
@@ -49,8 +50,14 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
     tag = f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
     summary = Path(out) / f"{tag}{'_extra' if score_extra else ''}.json"
+    # what the ranking depends on beyond cfg; file names only, so that a run made elsewhere is reused here
+    key = {"space": space_kw, "data": Path(data_path).name, "subset": subset,
+           "score_extra": Path(score_extra).name if score_extra else None}
     if summary.exists():
         saved = read_json(summary)
+        if saved.get("key") != key:
+            raise UserError(summary, "mixture ranking was made with another space, dataset, subset or extra images",
+                            "delete it, or use another --out")
         return pd.DataFrame(saved["ranking"]), saved["info"]
     data = load_data(data_path, seed=0, subset=subset, device=device)
     res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=Path(out) / f"{tag}.ckpt")
@@ -64,7 +71,7 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
             "test_images": len(data.test.y),  # the split every standalone placement is scored on
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
-    write_json(summary, {"info": info, "ranking": ranking.to_dict("records")})
+    write_json(summary, {"key": key, "info": info, "ranking": ranking.to_dict("records")})
     return ranking, info
 
 
