@@ -78,6 +78,12 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- predictor pipeline
+def _train_device(a: argparse.Namespace) -> str:
+    from .train import resolve_device
+
+    return resolve_device(a.train_device)
+
+
 def _train_cfg(a: argparse.Namespace, prefix: str):
     """The pipeline's ``teacher`` or ``finetune`` recipe, with the command line's --PREFIX-epochs/-lr and --seed."""
     from dataclasses import replace
@@ -93,7 +99,7 @@ def cmd_teacher(a: argparse.Namespace) -> int:
     from .predictor.teacher import train_teacher
 
     rep = train_teacher(_space(a.space), a.data, a.out, a.arch, _train_cfg(a, "teacher"), a.checkpoint,
-                        a.subset, quiet=a.quiet)
+                        a.subset, quiet=a.quiet, device=_train_device(a))
     print(f"teacher {rep['arch_id']}: val top-1 {rep['val_top1']:.4f}, test top-1 {rep['test_top1']:.4f} "
           f"-> {a.out}/teacher/")
     return 0
@@ -105,7 +111,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
     cfg = DistillConfig(steps=a.steps, seed=a.seed)
     frame = run_distillation(_space(a.space), Path(a.out) / "teacher", a.data, Path(a.out) / "blocks", cfg,
-                             a.workers, a.ray_address, a.subset, a.quiet)
+                             a.workers, a.ray_address, a.subset, a.quiet, _train_device(a))
     print(f"block-quality table: {len(frame)} options -> {a.out}/blocks/block_quality.csv")
     return 0
 
@@ -121,7 +127,8 @@ def cmd_predictor(a: argparse.Namespace) -> int:
     cfg = _train_cfg(a, "finetune")
     if a.action == "sample":
         run_sample_seeds(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg,
-                         a.sample_seeds, a.workers, a.ray_address, a.subset, a.quiet)
+                         a.sample_seeds, a.workers, a.ray_address, a.subset, a.quiet,
+                         _train_device(a))
         print(f"{len(pop)} fine-tuned samples x {a.sample_seeds} seed(s) in {out}/samples.jsonl")
         return 0
     acc = mean_accuracy(space, pop, out / "samples.jsonl", cfg, a.sample_seeds)
@@ -153,7 +160,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
                          finetune=_train_cfg(a, "finetune"),
                          samples=a.samples, sample_seeds=a.sample_seeds, seed=a.seed, subset=a.subset,
                          dataset=a.dataset)
-    pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet)
+    pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet,
+                        _train_device(a))
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
           f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
     return 0
@@ -226,7 +234,7 @@ def cmd_mixture(a: argparse.Namespace) -> int:
         space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
     ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed,
                                                                  warmup_epochs=a.warmup_epochs),
-                          a.subset, a.quiet)
+                          a.subset, a.quiet, _train_device(a))
     print(ranking.head(10).to_string(index=False))
     print(f"ranking of {len(ranking)} placements -> {a.out}/placement_ranking_M{a.models}.csv")
     return 0
@@ -341,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--measure", action="store_true", help="re-measure the front end to end on this device")
     common(sp)
 
+    def train_device_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--train-device", default="cpu", metavar="TORCH_DEVICE",
+                        help="where PyTorch trains: cpu (default), cuda, cuda:N or mps (with --workers on CUDA, "
+                             "Ray shares each GPU among that many tasks)")
+
     def data_args(sp: argparse.ArgumentParser, *, samples: bool = False) -> None:
         sp.add_argument("--space", default="mobilenetv3_cifar")
         sp.add_argument("--data", default="../shared/data/cifar10.npz",
@@ -362,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="use these weights instead of training (safetensors or state_dict)")
     sp.add_argument("--teacher-epochs", type=float, default=None)
     sp.add_argument("--teacher-lr", type=float, default=None)
+    train_device_arg(sp)
 
     sp = sub.add_parser("distill", help="blockwise distillation: train every stage option, write block quality")
     data_args(sp)
     sp.add_argument("--steps", type=int, default=1000, help="training steps per stage")
+    train_device_arg(sp)
 
     sp = sub.add_parser("predictor", help="fine-tune sampled architectures, or fit the predictor")
     sp.add_argument("action", choices=["sample", "fit"])
@@ -375,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--predictor-out", help="where to write the predictor JSON (default: OUT/predictor.json)")
     sp.add_argument("--placement-ranking", metavar="CSV",
                     help="fit: also try the stride placement's score (nas supernet-mixture --space) as a feature")
+    train_device_arg(sp)
 
     sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
     data_args(sp, samples=True)
@@ -382,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     for prefix in ("teacher", "finetune"):
         sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
         sp.add_argument(f"--{prefix}-lr", type=float, default=None)
+    train_device_arg(sp)
 
     sp = sub.add_parser("adapt", help="NetAdapt: shrink a trained network to a latency budget")
     data_args(sp)
@@ -434,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="../shared/data/cifar10.npz")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/pooling")
+    train_device_arg(sp)
     common(sp)
 
     sp = sub.add_parser("space", help="describe a search space or sample from it")

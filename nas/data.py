@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -236,10 +236,15 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional
               subset: Optional[int] = None, eval_batch_size: int = 512, input_size: Optional[int] = None,
               device: str = "cpu") -> Splits:
     """Train/val/test loaders for any supported dataset. ``val`` comes out of the training set by ``seed``
-    (default: 5,000 images, at most a quarter of the training set)."""
+    (default: 5,000 images, at most a quarter of the training set). Batches arrive on ``device``."""
     kind = detect_kind(path)
     if kind == "imagefolder":
-        return _imagefolder(Path(path), batch_size, val_size or 5000, seed, subset, eval_batch_size, input_size or 224)
+        splits = _imagefolder(Path(path), batch_size, val_size or 5000, seed, subset, eval_batch_size,
+                              input_size or 224, pin_memory=torch.device(device).type == "cuda")
+        if torch.device(device).type == "cpu":
+            return splits
+        return replace(splits, train=DeviceLoader(splits.train, device), val=DeviceLoader(splits.val, device),
+                       test=DeviceLoader(splits.test, device))
     if kind == "npz":
         xtr, ytr, xte, yte = load_npz_archive(path)
         mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
@@ -276,8 +281,22 @@ def archive_loader(path: str | os.PathLike, batch_size: int = 512, device: str =
                         device=device)
 
 
+class DeviceLoader:
+    """A CPU ``DataLoader`` whose batches arrive on ``device`` (ImageFolder trees decode images on the CPU)."""
+
+    def __init__(self, loader, device: str):
+        self.loader, self.device = loader, torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: Optional[int],
-                 eval_batch_size: int, size: int) -> Splits:
+                 eval_batch_size: int, size: int, pin_memory: bool = False) -> Splits:
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -301,11 +320,12 @@ def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: 
     test_root = root / "val" if (root / "val").is_dir() else None
     test = datasets.ImageFolder(test_root, transform=eval_tf) if test_root else Subset(full_eval, va_idx)
     g = torch.Generator().manual_seed(seed)
+    opts = dict(num_workers=min(4, os.cpu_count() or 1), pin_memory=pin_memory)
     return Splits(
         train=DataLoader(Subset(full_train, tr_idx.tolist()), batch_size, shuffle=True, drop_last=True,
-                         num_workers=min(4, os.cpu_count() or 1), generator=g),
-        val=DataLoader(Subset(full_eval, va_idx.tolist()), eval_batch_size, num_workers=min(4, os.cpu_count() or 1)),
-        test=DataLoader(test, eval_batch_size, num_workers=min(4, os.cpu_count() or 1)),
+                         generator=g, **opts),
+        val=DataLoader(Subset(full_eval, va_idx.tolist()), eval_batch_size, **opts),
+        test=DataLoader(test, eval_batch_size, **opts),
         num_classes=len(full_train.classes), input_size=size, name=root.name)
 
 

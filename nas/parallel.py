@@ -33,3 +33,16 @@ def ray_session(workers: int, address: Optional[str] = None) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+def training_task_options(device: str, workers: int) -> dict[str, float]:
+    """Ray resources of one training task: a CPU, and on CUDA a 1/``workers`` share of a GPU, so that Ray
+    places ``workers`` tasks on each GPU and points each at its GPU (inside the task it is ``cuda``)."""
+    if device.startswith("cuda"):
+        return {"num_cpus": 1, "num_gpus": 1.0 / max(1, workers)}
+    return {"num_cpus": 1}
+
+
+def device_in_task(device: str) -> str:
+    """The device a Ray task names: Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned, so ``cuda:N`` -> ``cuda``."""
+    return "cuda" if device.startswith("cuda") else device

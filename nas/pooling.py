@@ -408,17 +408,18 @@ def _cycle(loader):
 
 
 def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
-                subset: Optional[int] = None, quiet: bool = False) -> pd.DataFrame:
-    """Train the mixture, write the placement ranking (CSV) and a summary."""
+                subset: Optional[int] = None, quiet: bool = False, device: str = "cpu") -> pd.DataFrame:
+    """Train the mixture on ``device``, write the placement ranking (CSV) and a summary."""
     from .data import load_data
 
     out = Path(out_dir)
-    data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset)
-    res = train_mixture(space, data, cfg, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
+    data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device)
+    res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
     ranking = score_placements(space, res, data)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
     write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),
-                                                      "seconds": res["seconds"], "W": res["W"].tolist(),
+                                                      "seconds": res["seconds"], "device": device,
+                                                      "W": res["W"].tolist(),
                                                       "assignment": res["P"].tolist(),
                                                       "best": ranking.iloc[0].to_dict()})
     return ranking

@@ -13,8 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .io import write_torch
 from .progress import progress_bar
+
+
+def resolve_device(name: Optional[str] = None) -> str:
+    """The torch device training runs on (``--train-device``): ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``,
+    checked against what this torch build can reach, so a typo or a missing GPU fails before any work starts."""
+    name = name or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError("--train-device", f"unknown torch device {name!r}", "use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--train-device", f"{name}: this torch build sees no CUDA GPU",
+                            "use --train-device cpu, or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError("--train-device", f"{name}: only {torch.cuda.device_count()} CUDA GPU(s) visible",
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--train-device", "mps: no Apple GPU available to this torch build", "use cpu")
+    elif dev.type != "cpu":
+        raise UserError("--train-device", f"{name}: unsupported device type", "use cpu, cuda, cuda:N or mps")
+    return str(dev)
 
 
 @dataclass

@@ -74,6 +74,14 @@ def test_imagefolder_tree(tmp_path):
     assert splits.num_classes == 2
     xb, yb = next(iter(splits.train))
     assert xb.shape == (4, 3, 32, 32)
+    # on another device the images are still decoded on the CPU, and every batch arrives on that device
+    # ("meta": a device every torch build has, standing in for a GPU)
+    moved = load_data(tmp_path, batch_size=4, input_size=32, device="meta")
+    assert len(moved.train) == len(splits.train) and len(moved.val) == len(splits.val)
+    for loader in (moved.train, moved.val, moved.test):
+        xb, yb = next(iter(loader))
+        assert xb.device.type == "meta" and yb.device.type == "meta"
+    assert xb.shape[1:] == (3, 32, 32)
 
 
 def test_fashion_mnist_idx(tmp_path):

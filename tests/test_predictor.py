@@ -284,3 +284,14 @@ def test_fit_targets_average_the_fine_tune_seeds(cifar_space, tmp_path):
     np.testing.assert_allclose(mean_accuracy(cifar_space, pop, results, cfg, 2), 0.501 + 0.01 * np.arange(5))
     with pytest.raises(UserError, match=r"lack a fine-tune with seeds \[0, 1, 2\].*--sample-seeds"):
         mean_accuracy(cifar_space, pop, results, cfg, 3)
+
+
+def test_training_tasks_share_a_gpu_among_workers_and_name_it_plainly():
+    from nas.parallel import device_in_task, training_task_options
+    from nas.train import resolve_device
+
+    assert resolve_device(None) == resolve_device("cpu") == "cpu"
+    assert training_task_options("cpu", 2) == {"num_cpus": 1}
+    assert training_task_options("cuda:1", 4) == {"num_cpus": 1, "num_gpus": 0.25}
+    # Ray points CUDA_VISIBLE_DEVICES at the GPU it assigned: inside the task that GPU is plain "cuda"
+    assert device_in_task("cuda:1") == "cuda" and device_in_task("cpu") == "cpu"

@@ -68,8 +68,8 @@ def make_stage_supernet(space: SearchSpace, teacher_arch, stage: int) -> Elastic
 
 def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int, cfg: DistillConfig,
                   out_dir: str, subset: Optional[int] = None, threads: Optional[int] = None,
-                  quiet: bool = True) -> dict[str, Any]:
-    """Train one stage's supernet (resumable) and score all its options; returns the stage's result."""
+                  quiet: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Train one stage's supernet (resumable) on ``device`` and score all its options; returns the stage's result."""
     from ..data import load_data
     from .teacher import load_teacher
 
@@ -80,16 +80,16 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
     if result_path.exists():
         return json.loads(result_path.read_text())
     space = SearchSpace.load(space_path)
-    t_arch, teacher = load_teacher(teacher_dir)
-    data = load_data(data_path, batch_size=cfg.batch_size, seed=cfg.seed, subset=subset)
+    t_arch, teacher = load_teacher(teacher_dir, device)
+    data = load_data(data_path, batch_size=cfg.batch_size, seed=cfg.seed, subset=subset, device=device)
     torch.manual_seed(cfg.seed * 131 + stage)
-    net = make_stage_supernet(space, t_arch, stage)
+    net = make_stage_supernet(space, t_arch, stage).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed * 131 + stage)
     step, t0, seconds = 0, time.time(), 0.0
     ckpt = out / f"stage{stage}.ckpt"
     if ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        st = torch.load(ckpt, map_location=device, weights_only=True)
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step, seconds = int(st["step"]), float(st["seconds"])
@@ -147,7 +147,7 @@ def save_stage_weights(net: ElasticStage, path: Path) -> None:
     from ..io import atomic_path
 
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
 
 def load_stage_weights(space: SearchSpace, teacher_arch, stage: int, path: Path) -> ElasticStage:
@@ -195,8 +195,8 @@ def score_options(space: SearchSpace, net: ElasticStage, teacher, data, stage: i
 # ---------------------------------------------------------------------- all stages
 def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str | Path, out_dir: str | Path,
                      cfg: DistillConfig = DistillConfig(), workers: int = 0, ray_address: Optional[str] = None,
-                     subset: Optional[int] = None, quiet: bool = False) -> pd.DataFrame:
-    """Distill every stage (Ray tasks when ``workers > 0``) and write ``block_quality.csv``."""
+                     subset: Optional[int] = None, quiet: bool = False, device: str = "cpu") -> pd.DataFrame:
+    """Distill every stage on ``device`` (Ray tasks when ``workers > 0``) and write ``block_quality.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = (str(space.source), str(teacher_dir), str(data_path))
@@ -204,11 +204,11 @@ def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str
     if workers > 0 or ray_address:
         import ray
 
-        from ..parallel import ray_session
+        from ..parallel import device_in_task, ray_session, training_task_options
 
         with ray_session(workers, ray_address):
-            task = ray.remote(num_cpus=1, max_retries=2)(distill_stage)
-            refs = [task.remote(*args, s, cfg, str(out), subset, 1, True) for s in stages]
+            task = ray.remote(max_retries=2, **training_task_options(device, workers))(distill_stage)
+            refs = [task.remote(*args, s, cfg, str(out), subset, 1, True, device_in_task(device)) for s in stages]
             with progress_bar(quiet) as bar:
                 t = bar.add_task("distill stages (Ray)", total=len(stages))
                 results, pending = {}, list(refs)
@@ -219,7 +219,7 @@ def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str
                     bar.advance(t)
             results = [results[s] for s in stages]
     else:
-        results = [distill_stage(*args, s, cfg, str(out), subset, None, quiet) for s in stages]
+        results = [distill_stage(*args, s, cfg, str(out), subset, None, quiet, device) for s in stages]
     frame = block_quality_frame(space, [r["nsr"] for r in results], teacher_dir)
     write_csv(out / "block_quality.csv", frame)
     write_json(out / "distill.json", {"config": asdict(cfg), "stages": [

@@ -34,12 +34,17 @@ class PipelineConfig:
 
 
 def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig(),
-                 workers: int = 0, ray_address: Optional[str] = None, quiet: bool = False) -> Predictor:
+                 workers: int = 0, ray_address: Optional[str] = None, quiet: bool = False,
+                 device: str = "cpu") -> Predictor:
+    """Every phase on ``device`` (a torch device: ``cpu``, ``cuda``...); Ray tasks when ``workers > 0``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "pipeline.json"
     log: dict[str, Any] = read_json(log_path, "pipeline log") if log_path.exists() else {"phases": {}}
     log["config"] = asdict(cfg)
+    log.setdefault("devices", [])
+    if device not in log["devices"]:
+        log["devices"].append(device)  # a resumed run may continue elsewhere
 
     def phase(name: str, fn):
         t0 = time.time()
@@ -52,14 +57,14 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
         return result
 
     teacher = phase("teacher", lambda: train_teacher(space, data_path, out, cfg=cfg.teacher, subset=cfg.subset,
-                                                      quiet=quiet))
+                                                      quiet=quiet, device=device))
     log["teacher"] = {k: teacher[k] for k in ("arch_id", "val_top1", "test_top1")}
     phase("distill", lambda: run_distillation(space, out / "teacher", data_path, out / "blocks", cfg.distill,
-                                              workers, ray_address, cfg.subset, quiet))
+                                              workers, ray_address, cfg.subset, quiet, device))
     pop = stratified_sample(space, cfg.samples, cfg.seed)
     acc = phase("samples", lambda: run_sample_seeds(space, pop, out / "teacher", out / "blocks", data_path,
                                                     out / "samples.jsonl", cfg.finetune, cfg.sample_seeds, workers,
-                                                    ray_address, cfg.subset, quiet))
+                                                    ray_address, cfg.subset, quiet, device))
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
     info = {"dataset": cfg.dataset, "teacher": log["teacher"], "finetune": asdict(cfg.finetune),
             "distill": asdict(cfg.distill), "samples_file": "samples.jsonl", "sample_seeds": cfg.sample_seeds}

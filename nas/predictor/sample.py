@@ -79,8 +79,9 @@ def build_from_blocks(space: SearchSpace, arch: Arch, teacher_arch: Arch, teache
 
 def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: str, data_path: str,
                   cfg: TrainConfig, subset: Optional[int] = None, threads: Optional[int] = None,
-                  init: str = "blocks", score_test: bool = False) -> dict[str, Any]:
-    """Build one architecture (from the block library, or from scratch), fine-tune it with KD, score it.
+                  init: str = "blocks", score_test: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Build one architecture (from the block library, or from scratch), fine-tune it with KD on ``device``,
+    score it.
 
     ``score_test``: also record top-1 on the test split, for ground-truth studies (nothing fits or selects
     on it); off by default, since it adds a pass over the test split to every fine-tune."""
@@ -92,16 +93,18 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     space = SearchSpace.load(space_path)
     arch = space.parse_id(arch_id)
     t_arch, teacher = load_teacher(teacher_dir)
-    data = load_data(data_path, seed=0, subset=subset)
+    data = load_data(data_path, seed=0, subset=subset, device=device)
     data.train.reseed(cfg.seed)
-    recal = [x for i, (x, _) in zip(range(2), data.train)]
+    recal = [x.cpu() for i, (x, _) in zip(range(2), data.train)]
     torch.manual_seed(cfg.seed)
     net = build_from_blocks(space, arch, t_arch, teacher, blocks_dir, recal) if init == "blocks" else build_model(arch)
+    net.to(device)
+    teacher.to(device)
     init_top1 = evaluate(net, data.val, max_batches=2)
-    train_model(net, data.train, cfg, teacher=teacher)
+    train_model(net, data.train, cfg, teacher=teacher, device=device)
     rec = {"arch_id": arch_id, "val_top1": evaluate(net, data.val), "init_val_top1_2batches": init_top1,
            "seed": cfg.seed, "recipe": recipe_id(cfg, init), "seconds": time.time() - t0, "config": asdict(cfg),
-           "init": init}
+           "init": init, "device": device}
     if score_test:
         rec["test_top1"] = evaluate(net, data.test)
     return rec
@@ -119,8 +122,10 @@ def recipe_id(cfg: TrainConfig, init: str = "blocks") -> str:
 def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
                 data_path: str | Path, results: str | Path, cfg: TrainConfig, workers: int = 0,
                 ray_address: Optional[str] = None, subset: Optional[int] = None, quiet: bool = False,
-                desc: str = "fine-tune samples", score_test: bool = False) -> list[dict[str, Any]]:
-    """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL); Ray tasks when ``workers > 0``.
+                desc: str = "fine-tune samples", score_test: bool = False,
+                device: str = "cpu") -> list[dict[str, Any]]:
+    """Fine-tune every architecture of ``pop`` not yet in ``results`` (JSONL) on ``device``; Ray tasks when
+    ``workers > 0``.
 
     ``score_test``: new fine-tunes also record test top-1 (see ``finetune_arch``)."""
     results = Path(results)
@@ -137,18 +142,19 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
         if workers > 0 or ray_address:
             import ray
 
-            from ..parallel import ray_session
+            from ..parallel import device_in_task, ray_session, training_task_options
 
             with ray_session(workers, ray_address):
-                remote = ray.remote(num_cpus=1, max_retries=2)(finetune_arch)
-                pending = [remote.remote(*args, i, *tail, 1, score_test=score_test) for i in todo]
+                remote = ray.remote(max_retries=2, **training_task_options(device, workers))(finetune_arch)
+                pending = [remote.remote(*args, i, *tail, 1, score_test=score_test, device=device_in_task(device))
+                           for i in todo]
                 while pending:
                     ready, pending = ray.wait(pending, num_returns=1)
                     append_jsonl(str(results), [ray.get(ready[0])])
                     bar.advance(task)
         else:
             for i in todo:
-                append_jsonl(str(results), [finetune_arch(*args, i, *tail, score_test=score_test)])
+                append_jsonl(str(results), [finetune_arch(*args, i, *tail, score_test=score_test, device=device)])
                 bar.advance(task)
     wanted = set(ids)
     return [r for r in load_jsonl(str(results)) if r["arch_id"] in wanted and mine(r)]
@@ -157,12 +163,12 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
 def run_sample_seeds(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, blocks_dir: str | Path,
                      data_path: str | Path, results: str | Path, cfg: TrainConfig, seeds: int = 1,
                      workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
-                     quiet: bool = False) -> np.ndarray:
+                     quiet: bool = False, device: str = "cpu") -> np.ndarray:
     """Fine-tune every architecture with seeds ``cfg.seed .. cfg.seed + seeds - 1``; mean accuracy per row."""
     for k in range(seeds):
         run_samples(space, pop, teacher_dir, blocks_dir, data_path, results, replace(cfg, seed=cfg.seed + k),
                     workers, ray_address, subset, quiet,
-                    desc="fine-tune samples" + (f" (seed {cfg.seed + k})" if seeds > 1 else ""))
+                    desc="fine-tune samples" + (f" (seed {cfg.seed + k})" if seeds > 1 else ""), device=device)
     return mean_accuracy(space, pop, results, cfg, seeds)
 
 

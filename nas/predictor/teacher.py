@@ -21,8 +21,10 @@ def teacher_arch(space: SearchSpace, arch_id: Optional[str] = None):
 
 def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path, arch_id: Optional[str] = None,
                   cfg: TrainConfig = TrainConfig(epochs=15), checkpoint: Optional[str] = None,
-                  subset: Optional[int] = None, batch_size: int = 128, quiet: bool = False) -> dict[str, Any]:
-    """Train (resumably) or load the teacher; saves ``<out>/teacher/`` (arch.json, safetensors, onnx) and a report."""
+                  subset: Optional[int] = None, batch_size: int = 128, quiet: bool = False,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Train (resumably) or load the teacher on ``device``; saves ``<out>/teacher/`` (arch.json, safetensors,
+    onnx) and a report."""
     from ..data import load_data
 
     out = Path(out_dir)
@@ -30,7 +32,7 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
     if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
         return read_json(report_path, "teacher report")
     arch = teacher_arch(space, arch_id)
-    data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset)
+    data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset, device=device)
     if data.num_classes != space.frame.num_classes:
         raise UserError(str(data_path), f"has {data.num_classes} classes, space {space.name} {space.frame.num_classes}",
                         "use data that matches the space")
@@ -44,19 +46,22 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
             raise UserError(checkpoint, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
                             "pass --arch for the checkpoint's architecture") from None
     else:
-        history = train_model(model, data.train, cfg, checkpoint=out / "teacher.ckpt", desc="teacher", quiet=quiet)
+        history = train_model(model, data.train, cfg, checkpoint=out / "teacher.ckpt", desc="teacher", quiet=quiet,
+                              device=device)
+    model.to(device)
     report = {"arch_id": arch.id, "val_top1": evaluate(model, data.val), "test_top1": evaluate(model, data.test),
               "source": str(checkpoint) if checkpoint else "trained", "data": str(data_path), "subset": subset,
+              "device": device,
               "config": asdict(cfg), "train_seconds": history.get("seconds", 0.0), "history": history.get("history")}
-    save_network(arch, model.eval(), out / "teacher")
+    save_network(arch, model.cpu().eval(), out / "teacher")
     write_json(report_path, report)
     (out / "teacher.ckpt").unlink(missing_ok=True)
     return report
 
 
-def load_teacher(net_dir: str | Path):
-    """The teacher network saved in ``net_dir`` (``<pipeline out>/teacher``), frozen, channels_last."""
+def load_teacher(net_dir: str | Path, device: str = "cpu"):
+    """The teacher network saved in ``net_dir`` (``<pipeline out>/teacher``), frozen, channels_last, on ``device``."""
     arch, model = load_network(net_dir)
     for p in model.parameters():
         p.requires_grad_(False)
-    return arch, model.to(memory_format=torch.channels_last).eval()
+    return arch, model.to(device, memory_format=torch.channels_last).eval()
