@@ -68,6 +68,30 @@ def split_sizes(data_path: str) -> tuple[int, int]:
     return d.val.num_samples, d.test.num_samples
 
 
+def compare_distill_modes(space: SearchSpace, out: Path, a: argparse.Namespace,
+                          cfg: PipelineConfig) -> tuple[dict, list[float]]:
+    """Weight-shared vs separate distillation of a few options of stage 2: NSR ranking and cost."""
+    rng = np.random.default_rng(0)
+    stage = 1
+    options = sorted(rng.choice(space.stages[stage].n_options, a.separate_options, replace=False).tolist())
+    shared = read_json(out / "blocks" / f"stage{stage}_nsr.json")
+    separate, separate_train_s = [], []
+    for opt in options:
+        r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
+                          replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
+        separate.append(r["nsr"][0])
+        separate_train_s.append(r["train_seconds"])  # recorded when trained (a rerun reuses the result)
+    shared_nsr = [shared["nsr"][o] for o in options]
+    distill_cmp = {"stage": space.stages[stage].name, "options": options, "shared_nsr": shared_nsr,
+                   "separate_nsr": separate, "kendall_tau_shared_vs_separate": float(kendalltau(shared_nsr, separate).statistic),
+                   "mean_nsr_shared": float(np.mean(shared_nsr)), "mean_nsr_separate": float(np.mean(separate)),
+                   "shared_train_seconds_all_options": shared["train_seconds"],
+                   "separate_train_seconds_per_option": float(np.mean(separate_train_s)),
+                   "separate_seconds_for_all_options_estimate": float(np.mean(separate_train_s)) * space.stages[stage].n_options,
+                   "chosen": "shared"}
+    return distill_cmp, separate_train_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
@@ -82,7 +106,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--distill-steps", type=int, default=1000)
-    ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison")
+    ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison (0 skips it)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--install", action="store_true")
@@ -141,25 +165,8 @@ def main() -> None:
                                                 onehot_features(space, held)), acc),
     }
 
-    # weight sharing vs separate distillation, on a few options of stage 2
-    rng = np.random.default_rng(0)
-    stage = 1
-    options = sorted(rng.choice(space.stages[stage].n_options, a.separate_options, replace=False).tolist())
-    shared = read_json(out / "blocks" / f"stage{stage}_nsr.json")
-    separate, separate_train_s = [], []
-    for opt in options:
-        r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
-                          replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
-        separate.append(r["nsr"][0])
-        separate_train_s.append(r["train_seconds"])  # recorded when trained (a rerun reuses the result)
-    shared_nsr = [shared["nsr"][o] for o in options]
-    distill_cmp = {"stage": space.stages[stage].name, "options": options, "shared_nsr": shared_nsr,
-                   "separate_nsr": separate, "kendall_tau_shared_vs_separate": float(kendalltau(shared_nsr, separate).statistic),
-                   "mean_nsr_shared": float(np.mean(shared_nsr)), "mean_nsr_separate": float(np.mean(separate)),
-                   "shared_train_seconds_all_options": shared["train_seconds"],
-                   "separate_train_seconds_per_option": float(np.mean(separate_train_s)),
-                   "separate_seconds_for_all_options_estimate": float(np.mean(separate_train_s)) * space.stages[stage].n_options,
-                   "chosen": "shared"}
+    distill_cmp, separate_train_s = (compare_distill_modes(space, out, a, cfg) if a.separate_options
+                                     else ({"skipped": "--separate-options 0"}, []))
 
     big = space.sample(np.random.default_rng(0), 1_000_000)
     t2 = time.perf_counter()
@@ -175,7 +182,8 @@ def main() -> None:
                "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs), 1),
                "heldout_finetune_s_total": round(sum(r["seconds"] for r in heldout_recs), 1),
                "heldout_finetunes": len(heldout_recs)}
-    phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)
+    if separate_train_s:
+        phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
                "baselines": baselines, "gt_repeat_tau": float(kendalltau(accs[0], accs[1]).statistic),
                "heldout_accuracy_range": [float(acc.min()), float(acc.max())],
