@@ -31,7 +31,7 @@ from nas.predictor.model import Predictor, predict_from_features
 from nas.predictor.pipeline import PipelineConfig, run_pipeline
 from nas.predictor.sample import mean_accuracy, recipe_id, run_sample_seeds, run_samples, stratified_sample
 from nas.space import SearchSpace
-from nas.train import TrainConfig
+from nas.train import TrainConfig, resolve_device
 
 
 def rank_figures(pred: np.ndarray, acc: np.ndarray) -> dict:
@@ -69,7 +69,7 @@ def split_sizes(data_path: str) -> tuple[int, int]:
 
 
 def compare_distill_modes(space: SearchSpace, out: Path, a: argparse.Namespace,
-                          cfg: PipelineConfig) -> tuple[dict, list[float]]:
+                          cfg: PipelineConfig, device: str) -> tuple[dict, list[float]]:
     """Weight-shared vs separate distillation of a few options of stage 2: NSR ranking and cost."""
     rng = np.random.default_rng(0)
     stage = 1
@@ -78,7 +78,8 @@ def compare_distill_modes(space: SearchSpace, out: Path, a: argparse.Namespace,
     separate, separate_train_s = [], []
     for opt in options:
         r = distill_stage(str(space.source), str(out / "teacher"), a.data, stage,
-                          replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset)
+                          replace(cfg.distill, fixed_option=int(opt)), str(out / "separate" / f"opt{opt}"), a.subset,
+                          device=device)
         separate.append(r["nsr"][0])
         separate_train_s.append(r["train_seconds"])  # recorded when trained (a rerun reuses the result)
     shared_nsr = [shared["nsr"][o] for o in options]
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison (0 skips it)")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--train-device", default="cpu", help="torch device of every training (cpu, cuda, ...)")
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--result-name", default="predictor_quality")
@@ -119,7 +121,8 @@ def main() -> None:
                          distill=DistillConfig(steps=a.distill_steps),
                          finetune=TrainConfig(epochs=a.finetune_epochs, lr=a.finetune_lr, warmup_epochs=0.1),
                          samples=a.samples, sample_seeds=a.sample_seeds, subset=a.subset)
-    pred = run_pipeline(space, a.data, out, cfg, workers=a.workers)
+    device = resolve_device(a.train_device)
+    pred = run_pipeline(space, a.data, out, cfg, workers=a.workers, device=device)
     log = read_json(out / "pipeline.json")
 
     fit_pop = stratified_sample(space, a.samples, cfg.seed)
@@ -131,7 +134,7 @@ def main() -> None:
     for seed in (0, 1):
         recs = run_samples(space, held, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
                            replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
-                           desc=f"held-out fine-tunes (seed {seed})", score_test=True)
+                           desc=f"held-out fine-tunes (seed {seed})", score_test=True, device=device)
         by_id = {r["arch_id"]: r for r in recs}
         accs.append(np.array([by_id[i]["val_top1"] for i in held_ids]))
         test_accs.append([by_id[i].get("test_top1") for i in held_ids])
@@ -141,7 +144,7 @@ def main() -> None:
     if a.extra_samples:
         extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | set(held_ids))
         run_sample_seeds(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
-                         a.sample_seeds, a.workers, subset=a.subset)
+                         a.sample_seeds, a.workers, subset=a.subset, device=device)
         fit_pop = np.concatenate([fit_pop, extra])
     recipe = recipe_id(cfg.finetune)
     # the fine-tunes this fit used: samples.jsonl also holds other seeds of the same networks from other runs
@@ -165,7 +168,7 @@ def main() -> None:
                                                 onehot_features(space, held)), acc),
     }
 
-    distill_cmp, separate_train_s = (compare_distill_modes(space, out, a, cfg) if a.separate_options
+    distill_cmp, separate_train_s = (compare_distill_modes(space, out, a, cfg, device) if a.separate_options
                                      else ({"skipped": "--separate-options 0"}, []))
 
     big = space.sample(np.random.default_rng(0), 1_000_000)
@@ -196,6 +199,7 @@ def main() -> None:
                                        "their start-up); heldout_finetunes is this invocation's share",
                "compute_seconds": compute,
                "predict_archs_per_s": speed, "distill_mode_comparison": distill_cmp, "workers": a.workers,
+               "train_device": device,
                "subset": a.subset}
     if all(v is not None for seed_accs in test_accs for v in seed_accs):
         figures["ground_truth_images"] = image_noise_figures(predicted, macs_h[:, 0], np.array(accs),
