@@ -19,9 +19,11 @@ from nas.blocks import build_model, count_params
 from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths,
                            select_sharing, train_joint, unique_costs)
 from nas.space import SearchSpace
+from nas.train import resolve_device
 
 
-def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None):
+def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None,
+                  device: str = "cpu"):
     import torch
 
     from nas.multipath import JointModel as JM
@@ -29,7 +31,7 @@ def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: Multi
     if threads:
         torch.set_num_threads(threads)
     space = SearchSpace.load(space_path)
-    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset, device)
     classes = {d: data[d].num_classes for d in data}
     paths = {d: space.parse_id(i) for d, i in paths_ids.items()}
     torch.manual_seed(cfg.seed)  # initial weights: a Ray worker's global RNG state depends on its earlier tasks
@@ -37,13 +39,13 @@ def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: Multi
     if kind == "single":
         out = {}
         for d in data:
-            model = JM(space, {d: paths[d]}, {d: classes[d]})
+            model = JM(space, {d: paths[d]}, {d: classes[d]}).to(device)
             train_joint(model, {d: data[d]}, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
             out[d] = evaluate_joint(model, {d: data[d]})[d]
         costs = [unique_costs(space, {d: paths[d]}, {d: classes[d]}) for d in data]
         return {"accuracy": out, "unique_params": sum(c["unique_params"] for c in costs),
                 "unique_macs": sum(c["unique_macs"] for c in costs), "seconds": time.time() - t0}
-    model = JM(space, paths, classes)  # multipath; "shared" passes the same arch for every domain
+    model = JM(space, paths, classes).to(device)  # multipath; "shared" passes the same arch for every domain
     train_joint(model, data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
     acc = evaluate_joint(model, data)
     c = unique_costs(space, paths, classes)
@@ -66,18 +68,20 @@ def main() -> None:
     ap.add_argument("--retrain-seeds", type=int, default=1,
                     help="train every compared model with this many seeds; accuracies are the mean over seeds")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--train-device", default="cpu", help="torch device of every training (cpu, cuda, ...)")
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
     ap.add_argument("--result-name", default="multipath")
     a = ap.parse_args()
+    device = resolve_device(a.train_device)
     space = SearchSpace.load("mobilenetv3_cifar")
     specs = parse_domains(a.domains)
     cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs, share_weight=a.share_weight,
                           select_epochs=a.select_epochs)
     found = {}
     for rule in ("lagging", "round_robin"):
-        data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset)
-        r = search_paths(space, data, replace(cfg, prioritise=rule), f"{a.out}/{rule}")
+        data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset, device)
+        r = search_paths(space, data, replace(cfg, prioritise=rule), f"{a.out}/{rule}", device=device)
         found[rule] = {"paths": {d: p.id for d, p in r["paths"].items()}, "counts": r["counts"],
                        "seconds": r["seconds"]}
         print(rule, found[rule]["paths"], r["counts"])
@@ -89,7 +93,7 @@ def main() -> None:
     if a.select_epochs > 0:
         t0 = time.time()
         sel = select_sharing(space, specs, {d: space.parse_id(i) for d, i in paths.items()}, cfg,
-                             f"{a.out}/lagging", a.subset, a.workers)
+                             f"{a.out}/lagging", a.subset, a.workers, device=device)
         selected = {d: p.id for d, p in sel["paths"].items()}
         selection = {"candidates": sel["candidates"], "chosen": selected, "seconds": time.time() - t0}
         print("selected", selected)
@@ -100,14 +104,15 @@ def main() -> None:
     if a.workers > 0:
         import ray
 
-        from nas.parallel import ray_session
+        from nas.parallel import device_in_task, ray_session, training_task_options
 
         with ray_session(a.workers):
-            task = ray.remote(num_cpus=1, max_retries=1)(train_variant)
-            refs = {(k, s): task.remote(*args(kind, p, s), 1) for s in seeds for k, (kind, p) in jobs.items()}
+            task = ray.remote(max_retries=1, **training_task_options(device, a.workers))(train_variant)
+            refs = {(k, s): task.remote(*args(kind, p, s), 1, device_in_task(device))
+                    for s in seeds for k, (kind, p) in jobs.items()}
             runs = {key: ray.get(ref) for key, ref in refs.items()}
     else:
-        runs = {(k, s): train_variant(*args(kind, p, s)) for s in seeds for k, (kind, p) in jobs.items()}
+        runs = {(k, s): train_variant(*args(kind, p, s), device=device) for s in seeds for k, (kind, p) in jobs.items()}
     results = {}
     for k in jobs:
         per_seed = [runs[(k, s)] for s in seeds]
@@ -134,7 +139,8 @@ def main() -> None:
                   "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"]},
         "retrain_seeds": seeds,
         **({"selection": selection, "multipath_controllers": results["multipath_controllers"]} if selection else {}),
-        "config": asdict(cfg), "search_seconds": {k: v["seconds"] for k, v in found.items()}}
+        "config": asdict(cfg), "train_device": device,
+        "search_seconds": {k: v["seconds"] for k, v in found.items()}}
     print({k: (v["mean_accuracy"], v["unique_params"]) for k, v in results.items()})
     write_result(a.result_name, figures)
 

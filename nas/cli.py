@@ -206,6 +206,7 @@ def cmd_multipath(a: argparse.Namespace) -> int:
     from .latency import LatencyTable
     from .multipath import MultipathConfig, parse_domains, run_multipath
 
+    device = _train_device(a)
     space = _space(a.space)
     specs = parse_domains(a.domains)
     table = LatencyTable.find(space, a.device) if a.device else None
@@ -213,7 +214,8 @@ def cmd_multipath(a: argparse.Namespace) -> int:
     cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, prioritise=a.prioritise, latency_weight=a.latency_weight,
                           latency_target=a.latency_target, share_weight=share, retrain_epochs=a.retrain_epochs,
                           select_epochs=a.select_epochs, seed=a.seed)
-    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet, workers=a.workers)
+    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet, workers=a.workers,
+                        device=device)
     for d, arch_id in res["paths"].items():
         print(f"{d}: {arch_id}  test top-1 {res['accuracy'][d]:.4f}")
     shared = sum(len(v) > 1 for v in res["node_map"].values())
@@ -434,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="Ray workers for the proxy retrains (0: in-process)")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")
+    train_device_arg(sp)
     common(sp)
 
     sp = sub.add_parser("supernet-mixture", help="rank downsampling placements with a balanced mixture of supernets")

@@ -90,12 +90,14 @@ def parse_domains(items: list[str]) -> list[DomainSpec]:
 
 
 def load_domains(specs: list[DomainSpec], space: SearchSpace, batch_size: int, seed: int,
-                 subset: Optional[int] = None) -> dict[str, Any]:
+                 subset: Optional[int] = None, device: str = "cpu") -> dict[str, Any]:
+    """Each domain's splits, batches arriving on ``device`` (the torch device the networks train on)."""
     from .data import load_data
 
     out = {}
     for d in specs:
-        splits = load_data(d.data, batch_size=batch_size, seed=seed, subset=subset, input_size=space.frame.input_size)
+        splits = load_data(d.data, batch_size=batch_size, seed=seed, subset=subset, input_size=space.frame.input_size,
+                           device=device)
         if d.num_classes is not None and d.num_classes != splits.num_classes:
             raise UserError(d.data, f"domain {d.name} declares {d.num_classes} classes, the data has "
                             f"{splits.num_classes}", "fix the class count or the data path")
@@ -211,15 +213,17 @@ def most_likely(controller: Reinforce) -> np.ndarray:
 
 
 def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig, out_dir: str | Path,
-                 latency: Optional[Callable[[np.ndarray], np.ndarray]] = None, quiet: bool = True) -> dict[str, Any]:
-    """Train the supernet and the controllers (resumable); return each domain's most likely path."""
+                 latency: Optional[Callable[[np.ndarray], np.ndarray]] = None, quiet: bool = True,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Train the supernet on ``device`` (where ``data`` yields its batches) and the controllers (resumable);
+    return each domain's most likely path."""
     from .progress import progress_bar
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     domains = list(data)
-    net = MultiPathSupernet(space, {d: data[d].num_classes for d in domains})
+    net = MultiPathSupernet(space, {d: data[d].num_classes for d in domains}).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
     controllers = make_controllers(space, domains, cfg)
     prio = Prioritiser(domains, cfg.prioritise, cfg.temperature, cfg.floor, seed=cfg.seed)
@@ -228,7 +232,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     val_index = {d: 0 for d in domains}  # which held-out batch each domain's next reward uses
     ckpt = out / "search.ckpt"
     if ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        st = torch.load(ckpt, map_location=device, weights_only=True)
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         extra = json.loads(st["extra"])
@@ -295,7 +299,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                 write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(), "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
-    write_torch(out / "supernet.pt", net.state_dict())
+    write_torch(out / "supernet.pt", {k: v.cpu() for k, v in net.state_dict().items()})
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
             "seconds": seconds + time.time() - t0, "controllers": controllers}
 
@@ -338,7 +342,7 @@ def sharing_candidates(space: SearchSpace, paths: dict[str, Arch], limit: int = 
 
 
 def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Arch], cfg: MultipathConfig,
-                   supernet: Optional[str | Path] = None) -> dict:
+                   supernet: Optional[str | Path] = None, device: str = "cpu") -> dict:
     """Train the joint model of ``paths`` for ``cfg.select_epochs`` (from scratch, or from the weights of the
     ``supernet`` file, as the final retraining starts); validation accuracy per domain."""
     torch.manual_seed(cfg.seed)
@@ -348,21 +352,21 @@ def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Ar
         net = MultiPathSupernet(space, classes)
         net.load_state_dict(torch.load(supernet, map_location="cpu", weights_only=True))
         model.load_from_supernet(net)
-    train_joint(model, data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
+    train_joint(model.to(device), data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
     return evaluate_joint(model, data, split="val")
 
 
 def _proxy_task(space_source: str, specs: list[DomainSpec], ids: dict[str, str], cfg: MultipathConfig,
-                subset: Optional[int], supernet: Optional[str], threads: int = 1) -> dict:
+                subset: Optional[int], supernet: Optional[str], threads: int = 1, device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     space = SearchSpace.load(space_source)
-    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
-    return proxy_accuracy(space, data, {d: space.parse_id(i) for d, i in ids.items()}, cfg, supernet)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset, device)
+    return proxy_accuracy(space, data, {d: space.parse_id(i) for d, i in ids.items()}, cfg, supernet, device)
 
 
 def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str, Arch], cfg: MultipathConfig,
                    out_dir: str | Path, subset: Optional[int] = None, workers: int = 0,
-                   init: str = "scratch") -> dict[str, Any]:
+                   init: str = "scratch", device: str = "cpu") -> dict[str, Any]:
     """Choose what the domains share by what it does to retraining, which the search reward cannot see (a
     shared node trains on every domain's batches). Each of :func:`sharing_candidates` is retrained briefly
     (Ray tasks with ``workers``; results saved as they arrive, so a rerun resumes) and the best
@@ -388,18 +392,20 @@ def select_sharing(space: SearchSpace, specs: list[DomainSpec], paths: dict[str,
     if todo and workers > 0:
         import ray
 
-        from .parallel import ray_session
+        from .parallel import device_in_task, ray_session, training_task_options
 
         with ray_session(workers):
-            task = ray.remote(num_cpus=1, max_retries=1)(_proxy_task)
-            refs = {task.remote(str(space.source), specs, i, cfg, subset, supernet): i for i in todo}
+            task = ray.remote(max_retries=1, **training_task_options(device, workers))(_proxy_task)
+            refs = {task.remote(str(space.source), specs, i, cfg, subset, supernet, 1, device_in_task(device)): i
+                    for i in todo}
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1)
                 record(refs.pop(ready[0]), ray.get(ready[0]))
     elif todo:
-        data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+        data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset, device)
         for i in todo:
-            record(i, proxy_accuracy(space, data, {d: space.parse_id(a) for d, a in i.items()}, cfg, supernet))
+            record(i, proxy_accuracy(space, data, {d: space.parse_id(a) for d, a in i.items()}, cfg, supernet,
+                                     device))
     classes = {s.name: 0 for s in specs}
     rows = []
     for c, i in zip(cands, ids):
@@ -667,28 +673,31 @@ def evaluate_joint(model: nn.Module, data: dict[str, Any], split: str = "test") 
 
 def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Path,
                   cfg: MultipathConfig = MultipathConfig(), table=None, subset: Optional[int] = None,
-                  init: str = "supernet", quiet: bool = False, workers: int = 0) -> dict[str, Any]:
-    """Search paths, build and retrain the joint model, save it (safetensors + JSON + ONNX per domain)."""
+                  init: str = "supernet", quiet: bool = False, workers: int = 0,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Search paths, build and retrain the joint model on ``device``, save it (safetensors + JSON + ONNX per
+    domain)."""
     from safetensors.torch import save_file
 
     from .export import export_onnx
 
     out = Path(out_dir)
-    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset)
+    data = load_domains(specs, space, cfg.batch_size, cfg.seed, subset, device)
     latency = table.bind(space).predict if (table is not None and cfg.latency_weight) else None
-    found = search_paths(space, data, cfg, out, latency, quiet)
+    found = search_paths(space, data, cfg, out, latency, quiet, device)
     paths = found["paths"]
     selection = None
     if cfg.select_epochs > 0:
-        selection = select_sharing(space, specs, paths, cfg, out, subset, workers, init)
+        selection = select_sharing(space, specs, paths, cfg, out, subset, workers, init, device)
         paths = selection["paths"]
     classes = {d: data[d].num_classes for d in data}
     torch.manual_seed(cfg.seed)  # initial weights of nodes the supernet does not provide (init="scratch")
     joint = JointModel(space, paths, classes)
     if init == "supernet":
         joint.load_from_supernet(found["net"])
-    retrain = train_joint(joint, data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+    retrain = train_joint(joint.to(device), data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
     acc = evaluate_joint(joint, data)
+    joint.cpu()
     save_file({k: v.contiguous() for k, v in joint.state_dict().items()}, str(out / "joint.safetensors"))
     f = space.frame
     shape = (1, f.in_chans, f.input_size, f.input_size)
@@ -697,7 +706,8 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     result = {"domains": [asdict(s) for s in specs], "paths": {d: a.id for d, a in paths.items()},
               "node_map": node_map(space, paths), **unique_costs(space, paths, classes), "accuracy": acc,
               "mean_accuracy": float(np.mean(list(acc.values()))), "domain_steps": found["counts"],
-              "search_seconds": found["seconds"], "retrain": retrain, "config": asdict(cfg), "init": init}
+              "search_seconds": found["seconds"], "retrain": retrain, "config": asdict(cfg), "init": init,
+              "device": device}
     if selection is not None:
         result["controller_paths"] = {d: a.id for d, a in found["paths"].items()}
         result["selection"] = selection["candidates"]

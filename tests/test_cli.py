@@ -33,13 +33,14 @@ def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     ["supernet-mixture", "--train-device", "cuda"],
     ["distill", "--train-device", "banana"],
     ["predictor", "sample", "--train-device", "tpu"],
+    ["multipath", "--domains", "cifar10", "fashion-mnist", "--train-device", "mps"],
 ])
 def test_unusable_train_device_fails_before_any_work(argv, tmp_path, capsys):
     import torch
 
     if torch.cuda.is_available() and argv[-1].startswith("cuda"):
         pytest.skip("this machine has a CUDA GPU")
-    assert main([*argv, "--out", str(tmp_path / "run"), "--data", str(tmp_path / "nothing_here")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     assert "--train-device" in _error_line(capsys)
     assert not (tmp_path / "run").exists()
 
