@@ -174,6 +174,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     from .latency import LatencyTable
     from .netadapt import AdaptConfig, adapt
 
+    device = _train_device(a)
     space = _space(a.space)
     if a.net:
         arch, model = load_network(a.net)
@@ -193,7 +194,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     cfg = AdaptConfig(budget_ms=a.budget_ms, budget_ratio=a.budget_ratio, short_steps=a.short_steps,
                       long_epochs=a.long_epochs, select=a.select, seed=a.seed)
     state = adapt(space, model, arch, table, a.data, a.out, cfg, a.workers, a.ray_address, a.subset,
-                  measure=not a.no_measure, quiet=a.quiet)
+                  measure=not a.no_measure, quiet=a.quiet, device=device)
     last = state["trajectory"][-1]
     print(f"adapted to {last['table_ms']:.4f} ms (table; budget {state['budget_ms']:.4f}), val top-1 "
           f"{last['accuracy']:.4f} -> {a.out}/adapted/, trajectory.csv, trajectory.png")
@@ -415,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--long-epochs", type=float, default=3.0, help="final fine-tune")
     sp.add_argument("--select", choices=["accuracy", "ratio"], default="accuracy")
     sp.add_argument("--no-measure", action="store_true", help="skip end-to-end measurements in the trajectory")
+    train_device_arg(sp)
 
     sp = sub.add_parser("multipath", help="multi-domain multi-path NAS: one RL controller per domain")
     sp.add_argument("--domains", nargs="+", required=True,

@@ -137,7 +137,8 @@ def _copy_block(ssd, dsd, p: str, in_keep: torch.Tensor, out_keep: torch.Tensor,
 
 # ---------------------------------------------------------------------- one proposal (a Ray task)
 def evaluate_proposal(space_path: str, parent_dir: str, vec: list[int], data_path: str, steps: int, lr: float,
-                      seed: int, subset: Optional[int], threads: Optional[int] = None) -> dict[str, Any]:
+                      seed: int, subset: Optional[int], threads: Optional[int] = None,
+                      device: str = "cpu") -> dict[str, Any]:
     from .data import load_data
     from .export import load_network
 
@@ -147,10 +148,10 @@ def evaluate_proposal(space_path: str, parent_dir: str, vec: list[int], data_pat
     a, model = load_network(parent_dir)
     b = space.decode(np.asarray(vec))
     net = shrink_weights(model, a, b)
-    data = load_data(data_path, seed=0, subset=subset)
+    data = load_data(data_path, seed=0, subset=subset, device=device)
     data.train.reseed(seed)
     t0 = time.time()
-    train_model(net, data.train, TrainConfig(max_steps=steps, lr=lr, warmup_epochs=0.0, seed=seed))
+    train_model(net, data.train, TrainConfig(max_steps=steps, lr=lr, warmup_epochs=0.0, seed=seed), device=device)
     return {"arch_id": b.id, "val_top1": evaluate(net, data.val), "seconds": time.time() - t0}
 
 
@@ -165,8 +166,10 @@ def budget_from(cfg: AdaptConfig, initial_ms: float) -> float:
 
 def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: LatencyTable, data_path: str | Path,
           out_dir: str | Path, cfg: AdaptConfig = AdaptConfig(), workers: int = 0, ray_address: Optional[str] = None,
-          subset: Optional[int] = None, measure: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Shrink ``model`` (of ``arch``) until the table says it meets the budget; resumable from ``out_dir``."""
+          subset: Optional[int] = None, measure: bool = True, quiet: bool = False,
+          device: str = "cpu") -> dict[str, Any]:
+    """Shrink ``model`` (of ``arch``) until the table says it meets the budget; resumable from ``out_dir``.
+    Fine-tunes run on ``device``; channels are selected and networks saved on the CPU."""
     from .export import load_network, save_network
 
     table.bind(space)
@@ -182,10 +185,12 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         state = read_json(state_path, "adapt state")
         arch, model = load_network(out / "current")
     else:
+        model = model.cpu()
         out.mkdir(parents=True, exist_ok=True)
         save_network(arch, model, out / "current", onnx=False)
         state = {"iteration": 0, "initial_ms": lat0, "budget_ms": budget, "config": asdict(cfg), "trajectory": []}
-        state["trajectory"].append(_trajectory_row(space, table, 0, arch, None, model, data_path, subset, measure))
+        state["trajectory"].append(_trajectory_row(space, table, 0, arch, None, model, data_path, subset, measure,
+                                                   device))
         write_json(state_path, state)
     current_ms = float(table.predict(space.encode(arch)[None])[0])
     if state["iteration"] == 0 and current_ms <= budget and not state.get("finished"):
@@ -197,21 +202,23 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         step = lat0 * cfg.initial_step * cfg.step_decay ** i
         target = max(budget, current_ms - step)
         props = propose(space, arch, table, target)
-        results = _run_proposals(space, out / "current", props, data_path, cfg, workers, ray_address, subset, i)
+        results = _run_proposals(space, out / "current", props, data_path, cfg, workers, ray_address, subset, i,
+                                 device)
         for p, r in zip(props, results):
             p.update(r)
         best = _choose(props, current_ms, state["trajectory"][-1]["accuracy"], cfg.select)
         new_arch = space.decode(np.asarray(best["vec"]))
         model = shrink_weights(model, arch, new_arch)
-        data = _data(data_path, subset)
+        data = _data(data_path, subset, device)
         data.train.reseed(cfg.seed * 1000 + i)
         train_model(model, data.train, TrainConfig(max_steps=cfg.short_steps, lr=cfg.short_lr, warmup_epochs=0.0,
-                                                   seed=cfg.seed * 1000 + i))
+                                                   seed=cfg.seed * 1000 + i), device=device)
+        model = model.cpu()
         arch = new_arch
         save_network(arch, model, out / "current", onnx=False)
         current_ms = float(table.predict(space.encode(arch)[None])[0])
         state["iteration"] = i + 1
-        row = _trajectory_row(space, table, i + 1, arch, best, model, data_path, subset, measure)
+        row = _trajectory_row(space, table, i + 1, arch, best, model, data_path, subset, measure, device)
         row["proposals"] = len(props)
         state["trajectory"].append(row)
         write_json(state_path, state)
@@ -219,11 +226,13 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
             print(f"iteration {i + 1}: {best['stage'] + 1}.{best['dimension']} -> {best['value']}, "
                   f"table {current_ms:.4f} ms (target {target:.4f}), val top-1 {row['accuracy']:.4f}")
     if not state.get("finished"):
-        data = _data(data_path, subset)
+        data = _data(data_path, subset, device)
         train_model(model, data.train, TrainConfig(epochs=cfg.long_epochs, lr=cfg.long_lr, seed=cfg.seed),
-                    checkpoint=out / "long_finetune.ckpt")
+                    checkpoint=out / "long_finetune.ckpt", device=device)
+        model = model.cpu()
         save_network(arch, model, out / "adapted")
-        final = _trajectory_row(space, table, state["iteration"], arch, None, model, data_path, subset, measure)
+        final = _trajectory_row(space, table, state["iteration"], arch, None, model, data_path, subset, measure,
+                                device)
         final["phase"] = "after long fine-tune"
         state["trajectory"].append(final)
         state["finished"] = True
@@ -245,24 +254,24 @@ def _smallest_reachable(space: SearchSpace, arch: Arch) -> np.ndarray:
     return vec
 
 
-def _data(data_path, subset):
+def _data(data_path, subset, device: str = "cpu"):
     from .data import load_data
 
-    return load_data(data_path, seed=0, subset=subset)
+    return load_data(data_path, seed=0, subset=subset, device=device)
 
 
-def _run_proposals(space, parent_dir, props, data_path, cfg, workers, ray_address, subset, iteration):
+def _run_proposals(space, parent_dir, props, data_path, cfg, workers, ray_address, subset, iteration, device):
     args = [(str(space.source), str(parent_dir), p["vec"], str(data_path), cfg.short_steps, cfg.short_lr,
              cfg.seed * 1000 + iteration, subset) for p in props]
     if workers > 0 or ray_address:
         import ray
 
-        from .parallel import ray_session
+        from .parallel import device_in_task, ray_session, training_task_options
 
         with ray_session(workers, ray_address):
-            task = ray.remote(num_cpus=1, max_retries=2)(evaluate_proposal)
-            return ray.get([task.remote(*a, 1) for a in args])
-    return [evaluate_proposal(*a) for a in args]
+            task = ray.remote(max_retries=2, **training_task_options(device, workers))(evaluate_proposal)
+            return ray.get([task.remote(*a, 1, device_in_task(device)) for a in args])
+    return [evaluate_proposal(*a, device=device) for a in args]
 
 
 def _choose(props, current_ms, current_acc, select: str) -> dict[str, Any]:
@@ -273,10 +282,12 @@ def _choose(props, current_ms, current_acc, select: str) -> dict[str, Any]:
     return max(props, key=lambda p: (p["val_top1"], -p["table_ms"]))
 
 
-def _trajectory_row(space, table, iteration, arch, proposal, model, data_path, subset, measure) -> dict[str, Any]:
-    data = _data(data_path, subset)
+def _trajectory_row(space, table, iteration, arch, proposal, model, data_path, subset, measure,
+                    device: str = "cpu") -> dict[str, Any]:
+    data = _data(data_path, subset, device)
     row = {"iteration": iteration, "arch_id": arch.id, "table_ms": float(table.predict(space.encode(arch)[None])[0]),
-           "accuracy": evaluate(model, data.val)}
+           "accuracy": evaluate(model.to(device), data.val)}
+    model.cpu()
     if proposal is not None:
         row.update({"stage": proposal["stage"] + 1, "dimension": proposal["dimension"], "value": proposal["value"],
                     "proposal_short_finetune_top1": proposal["val_top1"]})

@@ -34,6 +34,7 @@ def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     ["distill", "--train-device", "banana"],
     ["predictor", "sample", "--train-device", "tpu"],
     ["multipath", "--domains", "cifar10", "fashion-mnist", "--train-device", "mps"],
+    ["adapt", "--net", "no_such_dir", "--budget-ratio", "0.5", "--train-device", "cuda"],
 ])
 def test_unusable_train_device_fails_before_any_work(argv, tmp_path, capsys):
     import torch
