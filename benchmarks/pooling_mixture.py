@@ -29,7 +29,8 @@ from scipy.stats import kendalltau
 from nas.data import load_data
 from nas.errors import UserError
 from nas.latency.engine import append_jsonl, load_jsonl
-from nas.pooling import MixtureConfig, PlacementSpace, score_placements, standalone_task, train_mixture
+from nas.pooling import (MixtureConfig, PlacementSpace, score_placements, standalone_recipe, standalone_task,
+                         train_mixture)
 
 PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture_M4": 91.55, "brute_force_best": 92.01},
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
@@ -178,7 +179,9 @@ def main() -> None:
     # ground truth: every placement trained standalone with one short recipe per seed (resumable, JSONL)
     gt_path = f"{a.out}/standalone.jsonl"
     os.makedirs(a.out, exist_ok=True)
-    done = {(r["placement"], int(r.get("seed", 0))) for r in load_jsonl(gt_path)}
+    recipe = standalone_recipe(space_kw, a.data, a.standalone_epochs, a.subset)
+    mine = lambda rows: [r for r in rows if r.get("recipe") == recipe]  # noqa: E731  (other recipes: retrained)
+    done = {(r["placement"], int(r.get("seed", 0))) for r in mine(load_jsonl(gt_path))}
     threads = 1 if a.workers or a.procs else None  # many trainers side by side: one CPU thread each
     standalone_args = [(space_kw, p, a.data, a.standalone_epochs, s, a.subset, threads, a.device, a.score_extra)
                        for s in seeds for p in space.placements if (space.name(p), s) not in done]
@@ -195,7 +198,7 @@ def main() -> None:
             append_jsonl(gt_path, [standalone_task(*args)])
         runs = {M: mixture_task(*args) for M, args in mixture_args.items()}
     wall = time.time() - t0
-    truth = ground_truth(load_jsonl(gt_path), names, seeds)
+    truth = ground_truth(mine(load_jsonl(gt_path)), names, seeds)
     gt = truth["mean"]
 
     results = {}

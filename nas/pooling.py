@@ -379,6 +379,13 @@ class _Fixed(nn.Module):
         return self.net(x, self.placement)
 
 
+def standalone_recipe(space_kw: dict, data_path: str, epochs: float, subset: Optional[int]) -> dict[str, Any]:
+    """What a standalone result depends on besides placement and seed (the data by file name, so that results
+    trained elsewhere, e.g. on a lent GPU, still count); stored in every record, so that a ground truth never
+    mixes recipes."""
+    return {"space": dict(space_kw), "data": Path(data_path).name, "epochs": float(epochs), "subset": subset}
+
+
 def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, epochs: float, seed: int,
                     subset: Optional[int], threads: Optional[int] = None, device: str = "cpu",
                     extra_path: Optional[str] = None) -> dict[str, Any]:
@@ -395,7 +402,7 @@ def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, 
     model = train_standalone(space, tuple(placement), data, epochs, seed=seed, device=device).eval()
     correct, n = count_correct(model, data.test)
     row = {"placement": space.name(tuple(placement)), "seed": seed, "standalone_accuracy": correct / n,
-           "test_correct": correct, "test_images": n}
+           "test_correct": correct, "test_images": n, "recipe": standalone_recipe(space_kw, data_path, epochs, subset)}
     if extra_path:
         c, m = count_correct(model, archive_loader(extra_path, device=device))
         row.update(extra_accuracy=c / m, extra_correct=c, extra_images=m)

@@ -234,3 +234,5 @@ def test_standalone_run_counts_hits_on_test_and_extra_images(synthetic_npz):
     assert row["extra_accuracy"] == row["extra_correct"] / 1500
     again = run(1)  # same seed, same network; no extra images asked for, none counted
     assert again["standalone_accuracy"] == row["standalone_accuracy"] and "extra_correct" not in again
+    # every record names its recipe (the data by file name), so ground truths of two recipes never mix
+    assert row["recipe"] == {"space": asdict(space), "data": synthetic_npz.name, "epochs": 0.3, "subset": None}
