@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -26,7 +26,68 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TensorLoader:
+def _key(seed: int, *parts: int) -> int:
+    key = seed
+    for p in parts:
+        key = (key * 1_000_003 + p) % (2**63 - 1)
+    return key
+
+
+class _ResumableBatches:
+    """What TensorLoader and FolderLoader share. The order of an epoch and the augmentation of a batch depend
+    only on (seed, epoch, batch), so the loader's whole state is (epoch, position) and a resumed run sees
+    exactly the batches it would have. Subclasses give ``num_samples`` and ``_batches(start)``."""
+
+    batch_size: int
+    train: bool
+    drop_last: bool
+    seed: int = 0
+    epoch: int = 0
+    position: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = self.num_samples // self.batch_size
+        return n if self.drop_last or self.num_samples % self.batch_size == 0 else n + 1
+
+    def reseed(self, seed: int) -> None:
+        self.seed, self.epoch, self.position = int(seed), 0, 0
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.seed, self.epoch, self.position = int(s["seed"]), int(s["epoch"]), int(s["position"])
+
+    def _order(self) -> torch.Tensor:
+        """This epoch's order of the samples (training: shuffled by (seed, epoch); evaluation: as stored)."""
+        if self.train:
+            return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_key(self.seed, self.epoch)))
+        return torch.arange(self.num_samples)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training: continues the current epoch from ``position``. Evaluation: always every batch, in order."""
+        if not self.train:
+            yield from self._batches(0)
+            return
+        if len(self) == 0:  # a training loop would wait forever for its first batch
+            raise UserError("training data", f"{self.num_samples} training images make no full batch of "
+                            f"{self.batch_size}", "use more images (or a larger --subset) or a smaller batch")
+        if self.position >= len(self):  # the previous pass stopped right after its last batch
+            self.epoch, self.position = self.epoch + 1, 0
+        for b in self._batches(self.position):
+            self.position += 1  # before the batch is handed out: a checkpoint taken while it trains counts it
+            yield b
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+class TensorLoader(_ResumableBatches):
     """Batches of an in-memory uint8 NHWC image tensor, normalised (and augmented when training)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
@@ -40,54 +101,20 @@ class TensorLoader:
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.seed, self.epoch, self.position = int(seed), 0, 0
 
-    def __len__(self) -> int:
-        n = len(self.x) // self.batch_size
-        return n if self.drop_last or len(self.x) % self.batch_size == 0 else n + 1
-
     @property
     def num_samples(self) -> int:
         return len(self.x)
 
-    def reseed(self, seed: int) -> None:
-        self.seed, self.epoch, self.position = int(seed), 0, 0
-
-    # the order of an epoch and the augmentation of a batch depend only on (seed, epoch, batch), so the
-    # loader's whole state is (epoch, position) and a resumed run sees exactly the batches it would have
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.seed, self.epoch, self.position = int(s["seed"]), int(s["epoch"]), int(s["position"])
-
-    def _gen(self, *parts: int) -> torch.Generator:
-        key = self.seed
-        for p in parts:
-            key = (key * 1_000_003 + p) % (2**63 - 1)
-        return torch.Generator().manual_seed(key)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training: continues the current epoch from ``position``. Evaluation: always every batch, in order."""
-        if not self.train:
-            for i in range(len(self)):
-                yield self.batch(i)
-            return
-        if self.position >= len(self):  # the previous pass stopped right after its last batch
-            self.epoch, self.position = self.epoch + 1, 0
-        for i in range(self.position, len(self)):
-            self.position = i + 1
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(start, len(self)):
             yield self.batch(i)
-        self.epoch, self.position = self.epoch + 1, 0
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i`` of the current epoch (random access; training batches are augmented)."""
-        if self.train:
-            order = torch.randperm(len(self.x), generator=self._gen(self.epoch))
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-        else:
-            idx = torch.arange(i * self.batch_size, min(len(self.x), (i + 1) * self.batch_size))
+        idx = self._order()[i * self.batch_size:(i + 1) * self.batch_size]
         xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if self.train:
-            xb = self._augment(xb, self._gen(self.epoch, i + 1))
+            xb = self._augment(xb, torch.Generator().manual_seed(_key(self.seed, self.epoch, i + 1)))
         xb = ((xb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return xb, self.y[idx].to(self.device, non_blocking=True)
 
@@ -239,12 +266,8 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional
     (default: 5,000 images, at most a quarter of the training set). Batches arrive on ``device``."""
     kind = detect_kind(path)
     if kind == "imagefolder":
-        splits = _imagefolder(Path(path), batch_size, val_size or 5000, seed, subset, eval_batch_size,
-                              input_size or 224, pin_memory=torch.device(device).type == "cuda")
-        if torch.device(device).type == "cpu":
-            return splits
-        return replace(splits, train=DeviceLoader(splits.train, device), val=DeviceLoader(splits.val, device),
-                       test=DeviceLoader(splits.test, device))
+        return _imagefolder(Path(path), batch_size, val_size or 5000, seed, subset, eval_batch_size,
+                            input_size or 224, device)
     if kind == "npz":
         xtr, ytr, xte, yte = load_npz_archive(path)
         mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
@@ -281,23 +304,67 @@ def archive_loader(path: str | os.PathLike, batch_size: int = 512, device: str =
                         device=device)
 
 
-class DeviceLoader:
-    """A CPU ``DataLoader`` whose batches arrive on ``device`` (ImageFolder trees decode images on the CPU)."""
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset[j]`` for items ``(j, key)``, with torch's RNG seeded by ``key`` for that one item: the random
+    crops and flips of torchvision transforms then depend on the key alone, not on workers or resumes."""
 
-    def __init__(self, loader, device: str):
-        self.loader, self.device = loader, torch.device(device)
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.dataset)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def __getitem__(self, item: tuple[int, int]):
+        j, key = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.dataset[j]
+
+
+class FolderLoader(_ResumableBatches):
+    """Batches of images decoded on the fly (an ImageFolder tree) by ``workers`` DataLoader processes, with
+    TensorLoader's contract: reseedable, resumable to the batch (augmentation included), random access by
+    ``batch(i)``, labels in ``y``, batches on ``device``."""
+
+    def __init__(self, dataset, indices, batch_size: int, train: bool, seed: int = 0,
+                 device: str | torch.device = "cpu", workers: int = 0):
+        self.items = _SeededItems(dataset)
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.y = torch.as_tensor(np.asarray(dataset.targets, dtype=np.int64))[self.indices]
+        self.batch_size, self.train, self.drop_last = batch_size, train, train
+        self.device, self.workers = torch.device(device), workers
+        self.seed, self.epoch, self.position = int(seed), 0, 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def _items(self, order: torch.Tensor, i: int) -> list[tuple[int, int]]:
+        pos = order[i * self.batch_size:(i + 1) * self.batch_size]
+        return [(int(self.indices[p]), _key(self.seed, self.epoch, i + 1, k) if self.train else 0)
+                for k, p in enumerate(pos)]
+
+    def _to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return xb, yb.to(self.device, non_blocking=True)
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i`` of the current epoch, decoded here (random access)."""
+        xs, ys = zip(*(self.items[item] for item in self._items(self._order(), i)))
+        return self._to_device(torch.stack(xs), torch.as_tensor(ys))
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        order = self._order()
+        plan = [self._items(order, i) for i in range(start, len(self))]
+        for xb, yb in DataLoader(self.items, batch_sampler=plan, num_workers=self.workers,
+                                 pin_memory=self.device.type == "cuda"):
+            yield self._to_device(xb, yb)
 
 
 def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: Optional[int],
-                 eval_batch_size: int, size: int, pin_memory: bool = False) -> Splits:
-    from torch.utils.data import DataLoader, Subset
+                 eval_batch_size: int, size: int, device: str = "cpu") -> Splits:
     from torchvision import datasets, transforms
 
     norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -318,14 +385,13 @@ def _imagefolder(root: Path, batch_size: int, val_size: int, seed: int, subset: 
     if subset:
         tr_idx = tr_idx[:subset]
     test_root = root / "val" if (root / "val").is_dir() else None
-    test = datasets.ImageFolder(test_root, transform=eval_tf) if test_root else Subset(full_eval, va_idx)
-    g = torch.Generator().manual_seed(seed)
-    opts = dict(num_workers=min(4, os.cpu_count() or 1), pin_memory=pin_memory)
+    test, test_idx = (datasets.ImageFolder(test_root, transform=eval_tf), None) if test_root else (full_eval, va_idx)
+    opts = dict(device=device, workers=min(4, os.cpu_count() or 1))
     return Splits(
-        train=DataLoader(Subset(full_train, tr_idx.tolist()), batch_size, shuffle=True, drop_last=True,
-                         generator=g, **opts),
-        val=DataLoader(Subset(full_eval, va_idx.tolist()), eval_batch_size, **opts),
-        test=DataLoader(test, eval_batch_size, **opts),
+        train=FolderLoader(full_train, tr_idx, batch_size, True, seed, **opts),
+        val=FolderLoader(full_eval, va_idx, eval_batch_size, False, **opts),
+        test=FolderLoader(test, np.arange(len(test)) if test_idx is None else test_idx, eval_batch_size, False,
+                          **opts),
         num_classes=len(full_train.classes), input_size=size, name=root.name)
 
 

@@ -148,7 +148,7 @@ def evaluate_proposal(space_path: str, parent_dir: str, vec: list[int], data_pat
     a, model = load_network(parent_dir)
     b = space.decode(np.asarray(vec))
     net = shrink_weights(model, a, b)
-    data = load_data(data_path, seed=0, subset=subset, device=device)
+    data = load_data(data_path, seed=0, subset=subset, device=device, input_size=space.frame.input_size)
     data.train.reseed(seed)
     t0 = time.time()
     train_model(net, data.train, TrainConfig(max_steps=steps, lr=lr, warmup_epochs=0.0, seed=seed), device=device)
@@ -209,7 +209,7 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         best = _choose(props, current_ms, state["trajectory"][-1]["accuracy"], cfg.select)
         new_arch = space.decode(np.asarray(best["vec"]))
         model = shrink_weights(model, arch, new_arch)
-        data = _data(data_path, subset, device)
+        data = _data(space, data_path, subset, device)
         data.train.reseed(cfg.seed * 1000 + i)
         train_model(model, data.train, TrainConfig(max_steps=cfg.short_steps, lr=cfg.short_lr, warmup_epochs=0.0,
                                                    seed=cfg.seed * 1000 + i), device=device)
@@ -226,7 +226,7 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
             print(f"iteration {i + 1}: {best['stage'] + 1}.{best['dimension']} -> {best['value']}, "
                   f"table {current_ms:.4f} ms (target {target:.4f}), val top-1 {row['accuracy']:.4f}")
     if not state.get("finished"):
-        data = _data(data_path, subset, device)
+        data = _data(space, data_path, subset, device)
         train_model(model, data.train, TrainConfig(epochs=cfg.long_epochs, lr=cfg.long_lr, seed=cfg.seed),
                     checkpoint=out / "long_finetune.ckpt", device=device)
         model = model.cpu()
@@ -254,10 +254,10 @@ def _smallest_reachable(space: SearchSpace, arch: Arch) -> np.ndarray:
     return vec
 
 
-def _data(data_path, subset, device: str = "cpu"):
+def _data(space: SearchSpace, data_path, subset, device: str = "cpu"):
     from .data import load_data
 
-    return load_data(data_path, seed=0, subset=subset, device=device)
+    return load_data(data_path, seed=0, subset=subset, device=device, input_size=space.frame.input_size)
 
 
 def _run_proposals(space, parent_dir, props, data_path, cfg, workers, ray_address, subset, iteration, device):
@@ -284,7 +284,7 @@ def _choose(props, current_ms, current_acc, select: str) -> dict[str, Any]:
 
 def _trajectory_row(space, table, iteration, arch, proposal, model, data_path, subset, measure,
                     device: str = "cpu") -> dict[str, Any]:
-    data = _data(data_path, subset, device)
+    data = _data(space, data_path, subset, device)
     row = {"iteration": iteration, "arch_id": arch.id, "table_ms": float(table.predict(space.encode(arch)[None])[0]),
            "accuracy": evaluate(model.to(device), data.val)}
     model.cpu()

@@ -84,6 +84,43 @@ def test_imagefolder_tree(tmp_path):
     assert xb.shape[1:] == (3, 32, 32)
 
 
+def test_imagefolder_batches_resume_exactly_whatever_the_workers(tmp_path):
+    """Random crops and flips depend on (seed, epoch, batch, item) only: the same batches with 0 or 2 decoding
+    workers, after a resume from a saved position, and by random access; another seed, another order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(14):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    load = lambda workers: _with_workers(load_data(tmp_path, batch_size=4, input_size=32).train, workers)  # noqa: E731
+    full = list(load(2))
+    assert len(full) == 6  # 28 images, 2 held out for validation: 26 to train, the last partial batch dropped
+    interrupted = load(0)
+    first = next(iter(interrupted))
+    resumed = load(0)
+    resumed.load_state_dict(interrupted.state_dict())
+    for got, want in zip([first, *resumed], full, strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(load(0).batch(3)[0], full[3][0])
+    reseeded = load(0)
+    reseeded.reseed(1)
+    assert not torch.equal(next(iter(reseeded))[0], full[0][0])
+
+
+def test_training_set_smaller_than_a_batch_is_a_clear_error():
+    x, y = torch.zeros(10, 32, 32, 3, dtype=torch.uint8), torch.zeros(10, dtype=torch.long)
+    with pytest.raises(UserError, match="10 training images make no full batch of 16"):
+        next(iter(TensorLoader(x, y, 16, train=True)))
+    assert len(list(TensorLoader(x, y, 16, train=False))) == 1  # evaluation keeps the partial batch
+
+
+def _with_workers(loader, workers):
+    loader.workers = workers
+    return loader
+
+
 def test_fashion_mnist_idx(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 30), ("t10k", 10)):

@@ -295,3 +295,29 @@ def test_training_tasks_share_a_gpu_among_workers_and_name_it_plainly():
     assert training_task_options("cuda:1", 4) == {"num_cpus": 1, "num_gpus": 0.25}
     # Ray points CUDA_VISIBLE_DEVICES at the GPU it assigned: inside the task that GPU is plain "cuda"
     assert device_in_task("cuda:1") == "cuda" and device_in_task("cpu") == "cpu"
+
+
+def test_whole_pipeline_runs_on_an_imagefolder_tree(mini_space, synthetic_npz, tmp_path):
+    """ImageNet-style data: teacher, distillation (checkpointing its loader), fine-tunes (reseeding theirs) and
+    the fit, at the space's input size, with images decoded by DataLoader workers."""
+    from PIL import Image
+
+    from nas.predictor.distill import DistillConfig
+    from nas.predictor.pipeline import PipelineConfig, run_pipeline
+    from nas.train import TrainConfig
+
+    arrays = np.load(synthetic_npz)
+    root = tmp_path / "tree"
+    for split, (x, y), per_class in (("train", (arrays["x_train"], arrays["y_train"]), 16),
+                                     ("val", (arrays["x_test"], arrays["y_test"]), 2)):
+        for c in range(10):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in np.flatnonzero(y == c)[:per_class]:
+                Image.fromarray(x[i]).save(root / split / f"class{c}" / f"{i}.png")
+    cfg = PipelineConfig(teacher=TrainConfig(max_steps=6, lr=0.05),
+                         distill=DistillConfig(steps=4, checkpoint_every=2, batch_size=16, score_images=16),
+                         finetune=TrainConfig(max_steps=2, lr=0.01), samples=7)
+    pred = run_pipeline(mini_space, root, tmp_path / "run", cfg, quiet=True)
+    assert pred.meta["n_samples"] == 7 and np.isfinite(pred.predict(mini_space.sample(np.random.default_rng(0), 5))).all()
+    teacher = json.loads((tmp_path / "run" / "teacher.json").read_text())
+    assert teacher["device"] == "cpu" and 0.0 <= teacher["test_top1"] <= 1.0

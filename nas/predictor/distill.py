@@ -81,7 +81,8 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
         return json.loads(result_path.read_text())
     space = SearchSpace.load(space_path)
     t_arch, teacher = load_teacher(teacher_dir, device)
-    data = load_data(data_path, batch_size=cfg.batch_size, seed=cfg.seed, subset=subset, device=device)
+    data = load_data(data_path, batch_size=cfg.batch_size, seed=cfg.seed, subset=subset, device=device,
+                     input_size=space.frame.input_size)
     torch.manual_seed(cfg.seed * 131 + stage)
     net = make_stage_supernet(space, t_arch, stage).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)

@@ -93,7 +93,7 @@ def finetune_arch(space_path: str, arch_id: str, teacher_dir: str, blocks_dir: s
     space = SearchSpace.load(space_path)
     arch = space.parse_id(arch_id)
     t_arch, teacher = load_teacher(teacher_dir)
-    data = load_data(data_path, seed=0, subset=subset, device=device)
+    data = load_data(data_path, seed=0, subset=subset, device=device, input_size=space.frame.input_size)
     data.train.reseed(cfg.seed)
     recal = [x.cpu() for i, (x, _) in zip(range(2), data.train)]
     torch.manual_seed(cfg.seed)

@@ -32,7 +32,8 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
     if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
         return read_json(report_path, "teacher report")
     arch = teacher_arch(space, arch_id)
-    data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset, device=device)
+    data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset, device=device,
+                     input_size=space.frame.input_size)
     if data.num_classes != space.frame.num_classes:
         raise UserError(str(data_path), f"has {data.num_classes} classes, space {space.name} {space.frame.num_classes}",
                         "use data that matches the space")
