@@ -37,7 +37,8 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
 
 
 def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
-                 device: str = "cpu", score_extra: str | None = None, threads: int | None = None):
+                 device: str = "cpu", score_extra: str | None = None, threads: int | None = None,
+                 rule: str = "best"):
     """Train one balanced mixture of M supernets and rank every placement with it. The ranking and its
     figures are kept beside the checkpoint, so a rerun (or a run elsewhere, e.g. on a lent GPU) reuses them."""
     import torch
@@ -50,7 +51,9 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     space = PlacementSpace(**space_kw)
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
     tag = f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
-    summary = Path(out) / f"{tag}{'_extra' if score_extra else ''}.json"
+    # with one model the two scoring rules are the same; earlier summaries of M > 1 used "assigned"
+    rule_tag = "_best" if rule == "best" and M > 1 else ""
+    summary = Path(out) / f"{tag}{rule_tag}{'_extra' if score_extra else ''}.json"
     # what the ranking depends on beyond cfg; file names only, so that a run made elsewhere is reused here
     key = {"space": space_kw, "data": Path(data_path).name, "subset": subset,
            "score_extra": Path(score_extra).name if score_extra else None}
@@ -64,7 +67,7 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     res = train_mixture(space, data, cfg, device=device, quiet=True, checkpoint=Path(out) / f"{tag}.ckpt")
     t1 = time.time()
     extra = archive_loader(score_extra, device=device) if score_extra else None
-    ranking = score_placements(space, res, data, extra=extra)
+    ranking = score_placements(space, res, data, extra=extra, rule=rule)
     # training seconds as recorded in the checkpoint: a rerun that finds the mixture trained only scores it
     info = {"train_seconds": res["seconds"], "score_seconds": time.time() - t1, "steps": res["steps"],
             "split_at_step": res["split_at"], "device": device if device == "cpu" else torch.cuda.get_device_name(0),
@@ -166,6 +169,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "pooling_bench"))
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     ap.add_argument("--result-name", default="pooling_mixture")
+    ap.add_argument("--scoring", choices=["best", "assigned"], default="best",
+                    help="a placement's supernet accuracy: its best model's, or its assigned model's")
     ap.add_argument("--standalone-note", default="", help="where the standalone ground truth was trained")
     ap.add_argument("--score-extra", help="an archive of further held-out images (used by neither the mixtures "
                                           "nor the ground truth's training): placements are also scored on these, "
@@ -187,7 +192,7 @@ def main() -> None:
                        for s in seeds for p in space.placements if (space.name(p), s) not in done]
     models = [int(m) for m in a.models.split(",")]
     mixture_args = {M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, a.subset, a.out, a.device,
-                        a.score_extra, threads) for M in models}
+                        a.score_extra, threads, a.scoring) for M in models}
     t0 = time.time()
     if a.procs:
         runs = run_parallel_processes(a.procs, mixture_args, standalone_args, gt_path)
@@ -244,7 +249,7 @@ def main() -> None:
                "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
                "recipe": {"standalone_epochs": a.standalone_epochs, "standalone_seeds": truth["seeds"],
                           "mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
-                          "data": a.data, "subset": a.subset},
+                          "data": a.data, "subset": a.subset, "scoring": a.scoring},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
                "standalone_accuracy": gt, "wall_time_s": wall,

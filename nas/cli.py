@@ -237,7 +237,7 @@ def cmd_mixture(a: argparse.Namespace) -> int:
         space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
     ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed,
                                                                  warmup_epochs=a.warmup_epochs),
-                          a.subset, a.quiet, _train_device(a))
+                          a.subset, a.quiet, _train_device(a), a.scoring)
     print(ranking.head(10).to_string(index=False))
     print(f"ranking of {len(ranking)} placements -> {a.out}/placement_ranking_M{a.models}.csv")
     return 0
@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="../shared/data/cifar10.npz")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/pooling")
+    sp.add_argument("--scoring", choices=["best", "assigned"], default="best",
+                    help="score a placement by its best model (M evaluations each), or only by the model its "
+                         "assignment favours")
     train_device_arg(sp)
     common(sp)
 

@@ -333,24 +333,40 @@ def _clone_first(models: list[nn.Module], opts: list[torch.optim.Optimizer], W: 
     W[:, 1:] = W[:, :1]
 
 
+SCORING_RULES = ("best", "assigned")
+
+
 @torch.no_grad()
 def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max_batches: Optional[int] = None,
-                     recal_batches: int = 20, extra: Optional[Iterable] = None) -> pd.DataFrame:
-    """Every placement evaluated (full validation split) on the model it is assigned to most strongly,
-    after re-estimating that model's BN statistics for the placement. ``extra``: more held-out batches
-    (never trained on), scored too: ``extra_accuracy``, and ``pooled_accuracy`` over validation + extra."""
+                     recal_batches: int = 20, extra: Optional[Iterable] = None, rule: str = "best") -> pd.DataFrame:
+    """Every placement's supernet accuracy (full validation split), each model's BN statistics re-estimated for
+    the placement first. ``rule="best"``: the placement is evaluated on every model and scored by its best one
+    (the issue's rule; M evaluations each); ``"assigned"``: only on the model its final assignment favours.
+    ``extra``: more held-out batches (never trained on), scored on the chosen model too: ``extra_accuracy``,
+    and ``pooled_accuracy`` over validation + extra."""
     from .train import count_correct
 
+    if rule not in SCORING_RULES:
+        raise UserError("scoring rule", f"unknown rule {rule!r}", f"use one of {', '.join(SCORING_RULES)}")
     recal = [x for _, (x, _) in zip(range(recal_batches), data.train)]
+    n_models = len(result["models"])
     rows = []
     for i, p in enumerate(space.placements):
-        k = int(np.argmax(result["P"][i]))
-        model = result["models"][k]
-        recalibrate_bn(model, lambda x: model(x, p), recal)
-        correct, total = count_correct(_Fixed(model, p), data.val, max_batches)
+        candidates = range(n_models) if rule == "best" else [int(np.argmax(result["P"][i]))]
+        per_model = {}
+        for k in candidates:
+            model = result["models"][k]
+            recalibrate_bn(model, lambda x: model(x, p), recal)
+            per_model[k] = count_correct(_Fixed(model, p), data.val, max_batches)
+        k = max(per_model, key=lambda m: per_model[m][0])  # ties: the lower model index
+        correct, total = per_model[k]
         row = {"placement": space.name(p), "model": k, "supernet_accuracy": correct / max(1, total),
                "w_estimate": float(result["W"][i, k]), "macs": space.macs(p)}
+        if rule == "best" and n_models > 1:
+            row.update({f"accuracy_model{m}": c / max(1, t) for m, (c, t) in per_model.items()})
         if extra is not None:
+            model = result["models"][k]
+            recalibrate_bn(model, lambda x: model(x, p), recal)
             c, n = count_correct(_Fixed(model, p), extra)
             row.update(extra_accuracy=c / max(1, n), pooled_accuracy=(correct + c) / max(1, total + n))
         rows.append(row)
@@ -415,17 +431,20 @@ def _cycle(loader):
 
 
 def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
-                subset: Optional[int] = None, quiet: bool = False, device: str = "cpu") -> pd.DataFrame:
-    """Train the mixture on ``device``, write the placement ranking (CSV) and a summary."""
+                subset: Optional[int] = None, quiet: bool = False, device: str = "cpu",
+                rule: str = "best") -> pd.DataFrame:
+    """Train the mixture on ``device``, write the placement ranking (CSV; ``rule``: see
+    :func:`score_placements`) and a summary."""
     from .data import load_data
 
     out = Path(out_dir)
     data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device)
     res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
-    ranking = score_placements(space, res, data)
+    ranking = score_placements(space, res, data, rule=rule)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
     write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),
                                                       "seconds": res["seconds"], "device": device,
+                                                      "scoring": rule,
                                                       "W": res["W"].tolist(),
                                                       "assignment": res["P"].tolist(),
                                                       "best": ranking.iloc[0].to_dict()})

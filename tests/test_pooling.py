@@ -73,6 +73,24 @@ def test_scoring_on_extra_held_out_images_pools_counts(synthetic_npz):
     assert "extra_accuracy" not in plain
 
 
+def test_best_model_scoring_takes_each_placements_best_model(synthetic_npz):
+    from nas.data import load_data
+    from nas.pooling import score_placements
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    data = load_data(synthetic_npz, batch_size=64, seed=0)
+    res = train_mixture(space, data, MixtureConfig(models=2, epochs=0.5, batch_size=64))
+    best = score_placements(space, res, data).set_index("placement")
+    per_model = best[["accuracy_model0", "accuracy_model1"]].to_numpy()
+    np.testing.assert_allclose(best["supernet_accuracy"], per_model.max(axis=1))
+    assert (best["model"].to_numpy() == per_model.argmax(axis=1)).all()
+    assigned = score_placements(space, res, data, rule="assigned").set_index("placement")
+    favoured = {space.name(p): int(np.argmax(res["P"][i])) for i, p in enumerate(space.placements)}
+    assert assigned["model"].to_dict() == favoured
+    for name, k in favoured.items():  # the same evaluation, whichever rule asked for it
+        assert assigned.loc[name, "supernet_accuracy"] == pytest.approx(best.loc[name, f"accuracy_model{k}"])
+
+
 def test_placement_params_count_the_network_weights():
     space = PlacementSpace(base_width=16)
     # pools before blocks 4 and 7: stem, 3 blocks at 16, 3 at 32 (projection into the first), 3 at 64, classifier
