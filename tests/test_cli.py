@@ -85,3 +85,10 @@ def test_embedded_default_search_runs_without_data(tmp_path, monkeypatch, capsys
     assert {"accuracy", "latency@cpu-ort-1t", "predictor_version", "table_hash@cpu-ort-1t"} <= set(pareto.columns)
     front = pareto.sort_values("latency@cpu-ort-1t")
     assert front["accuracy"].is_monotonic_increasing  # on a front, more latency must buy more accuracy
+
+
+def test_pipeline_steps_out_of_order_say_what_to_run_first(tmp_path, capsys):
+    assert main(["distill", "--out", str(tmp_path)]) == 2
+    assert "no teacher here" in _error_line(capsys)
+    assert main(["predictor", "fit", "--out", str(tmp_path)]) == 2
+    assert "no fine-tuned samples here" in _error_line(capsys)

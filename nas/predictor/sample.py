@@ -178,6 +178,8 @@ def mean_accuracy(space: SearchSpace, pop: np.ndarray, results: str | Path, cfg:
 
     Averaging k seeds divides the fine-tune noise variance by k: the targets the predictor is fitted to,
     and the cross-validation that picks the model, rank more like the true accuracies."""
+    if not Path(results).exists():
+        raise UserError(results, "no fine-tuned samples here", "run nas predictor sample or nas pipeline with the same --out first")
     recipe = recipe_id(cfg)
     wanted = {cfg.seed + k for k in range(seeds)}
     acc: dict[str, dict[int, float]] = {}

@@ -62,6 +62,8 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
 
 def load_teacher(net_dir: str | Path, device: str = "cpu"):
     """The teacher network saved in ``net_dir`` (``<pipeline out>/teacher``), frozen, channels_last, on ``device``."""
+    if not (Path(net_dir) / "arch.json").exists():
+        raise UserError(net_dir, "no teacher here", "run nas teacher or nas pipeline with the same --out first")
     arch, model = load_network(net_dir)
     for p in model.parameters():
         p.requires_grad_(False)
