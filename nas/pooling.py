@@ -364,10 +364,8 @@ def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max
                "w_estimate": float(result["W"][i, k]), "macs": space.macs(p)}
         if rule == "best" and n_models > 1:
             row.update({f"accuracy_model{m}": c / max(1, t) for m, (c, t) in per_model.items()})
-        if extra is not None:
-            model = result["models"][k]
-            recalibrate_bn(model, lambda x: model(x, p), recal)
-            c, n = count_correct(_Fixed(model, p), extra)
+        if extra is not None:  # model k still holds the statistics just re-estimated for this placement
+            c, n = count_correct(_Fixed(result["models"][k], p), extra)
             row.update(extra_accuracy=c / max(1, n), pooled_accuracy=(correct + c) / max(1, total + n))
         rows.append(row)
     return pd.DataFrame(rows).sort_values("supernet_accuracy", ascending=False).reset_index(drop=True)
