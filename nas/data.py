@@ -41,9 +41,9 @@ class _ResumableBatches:
     batch_size: int
     train: bool
     drop_last: bool
-    seed: int = 0
-    epoch: int = 0
-    position: int = 0
+    seed: int
+    epoch: int
+    position: int
 
     @property
     def num_samples(self) -> int:
@@ -99,7 +99,7 @@ class TensorLoader(_ResumableBatches):
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.seed, self.epoch, self.position = int(seed), 0, 0
+        self.reseed(seed)
 
     @property
     def num_samples(self) -> int:
@@ -333,7 +333,7 @@ class FolderLoader(_ResumableBatches):
         self.y = torch.as_tensor(np.asarray(dataset.targets, dtype=np.int64))[self.indices]
         self.batch_size, self.train, self.drop_last = batch_size, train, train
         self.device, self.workers = torch.device(device), workers
-        self.seed, self.epoch, self.position = int(seed), 0, 0
+        self.reseed(seed)
 
     @property
     def num_samples(self) -> int:
