@@ -70,13 +70,20 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     ranking = score_placements(space, res, data, extra=extra, rule=rule)
     # training seconds as recorded in the checkpoint: a rerun that finds the mixture trained only scores it
     info = {"train_seconds": res["seconds"], "score_seconds": time.time() - t1, "steps": res["steps"],
-            "split_at_step": res["split_at"], "device": device if device == "cpu" else torch.cuda.get_device_name(0),
+            "split_at_step": res["split_at"], "device": device_name(device),
             **({"extra_images": len(extra.y)} if extra is not None else {}),
             "test_images": len(data.test.y),  # the split every standalone placement is scored on
             "models_share": np.bincount(res["P"].argmax(axis=1), minlength=M).tolist(),
             "mean_supernet_val_accuracy": float(ranking["supernet_accuracy"].mean())}
     write_json(summary, {"key": key, "info": info, "ranking": ranking.to_dict("records")})
     return ranking, info
+
+
+def device_name(device: str) -> str:
+    """``cpu``, or the name of the GPU ``device`` names (recorded with the figures)."""
+    import torch
+
+    return device if device == "cpu" else torch.cuda.get_device_name(torch.device(device))
 
 
 def ground_truth(rows: list[dict], names: list[str], seeds: list[int]) -> dict:
@@ -243,9 +250,7 @@ def main() -> None:
                                 "mean_test_vs_pooled_tau": tau(gt, truth["pooled_mean"])}
         if len(truth["pooled"]) > 1:
             gt_summary["pooled"]["repeat_ceiling_tau"] = repeat_ceiling_tau(per_seed(truth["pooled"]))
-    import torch
-
-    figures = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
+    figures = {"device": device_name(a.device),
                "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
                "recipe": {"standalone_epochs": a.standalone_epochs, "standalone_seeds": truth["seeds"],
                           "mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
