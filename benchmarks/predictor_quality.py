@@ -3,7 +3,8 @@
     python benchmarks/predictor_quality.py --data ../shared/data/cifar10.npz --workers 2 --install
 
 1. runs (or resumes) the whole pipeline for mobilenetv3_cifar: teacher, block library, M fine-tuned samples, fit;
-2. fine-tunes K held-out architectures (never used to fit) with the same recipe, twice (seeds 0 and 1);
+2. fine-tunes K held-out architectures (never used to fit) with the same recipe, twice (seeds 0 and 1),
+   scored on the validation and the test split (``--heldout-extra K2`` adds a second, disjoint draw);
 3. compares predicted and measured accuracy, against MACs, params and a one-hot linear model on the same M samples;
 4. compares weight-shared and separate distillation of a few options of one stage (cost and ranking).
 
@@ -15,11 +16,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, write_result
+from _common import ROOT, repeat_ceiling_tau, write_result
 from scipy.stats import kendalltau, spearmanr
 
 from nas import cost
@@ -59,6 +61,88 @@ def image_noise_figures(predicted: np.ndarray, log_macs: np.ndarray, val: np.nda
         out[name] = {**rank_figures(predicted, gt.mean(0)), "gt_repeat_tau": tau(gt[0], gt[1]),
                      "macs_baseline_tau": tau(log_macs, gt.mean(0))}
     return out
+
+
+def benchmark_sets(space: SearchSpace, samples: int, extra_samples: int, heldout: int, heldout_extra: int,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The fit samples, the extra fit samples and the held-out draws, each disjoint from the others."""
+    fit_pop = stratified_sample(space, samples, seed)
+    fit_ids = {x.id for x in space.decode_many(fit_pop)}
+    held = stratified_sample(space, heldout, seed=1000, exclude=fit_ids)
+    held_ids = {x.id for x in space.decode_many(held)}
+    extra = (stratified_sample(space, extra_samples, seed + 1, exclude=fit_ids | held_ids)
+             if extra_samples else fit_pop[:0])
+    draws = [held]
+    if heldout_extra:
+        taken = fit_ids | held_ids | {x.id for x in space.decode_many(extra)}
+        draws.append(stratified_sample(space, heldout_extra, seed=2000, exclude=taken))
+    return fit_pop, extra, draws
+
+
+def heldout_truth(space: SearchSpace, pop: np.ndarray, out: Path, a: argparse.Namespace, cfg: PipelineConfig,
+                  device: str, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test top-1 of every held-out network, fine-tuned with seeds 0 and 1: two (2, K) arrays
+    (test is NaN where a fine-tune did not record it). Fine-tunes already in heldout.jsonl are reused."""
+    ids = [x.id for x in space.decode_many(pop)]
+    val, test = [], []
+    for seed in (0, 1):
+        recs = run_samples(space, pop, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
+                           replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
+                           desc=f"held-out fine-tunes{label} (seed {seed})", score_test=True, device=device)
+        by_id = {r["arch_id"]: r for r in recs}
+        val.append([by_id[i]["val_top1"] for i in ids])
+        test.append([by_id[i].get("test_top1", np.nan) for i in ids])
+    return np.array(val), np.array(test, dtype=float)
+
+
+def device_check(out: Path, recipe: str) -> dict | None:
+    """Held-out fine-tunes repeated on another device with seed 0 (``heldout_device_check.jsonl``) against
+    the same seed in heldout.jsonl: does that device give the recipe's results?"""
+    path = out / "heldout_device_check.jsonl"
+    if not path.exists():
+        return None
+    main = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe]
+    ref = {(r["arch_id"], r["seed"]): r for r in main}
+    other = [r for r in load_jsonl(str(path)) if r.get("recipe") == recipe and (r["arch_id"], 0) in ref
+             and (r["arch_id"], 1) in ref]
+    if len(other) < 3:
+        return None
+    res = {"n": len(other), "device": sorted({r.get("device") or "cpu" for r in other}),
+           "reference_device": sorted({ref[(r["arch_id"], 0)].get("device") or "cpu" for r in other})}
+    for key in ("val_top1", "test_top1"):
+        dev = np.array([r[key] for r in other])
+        s0 = np.array([ref[(r["arch_id"], 0)][key] for r in other])
+        s1 = np.array([ref[(r["arch_id"], 1)][key] for r in other])
+        res[key] = {"tau_same_seed_other_device": float(kendalltau(dev, s0).statistic),
+                    "tau_seed0_vs_seed1": float(kendalltau(s0, s1).statistic),
+                    "mean_abs_diff_same_seed": float(np.mean(np.abs(dev - s0))),
+                    "mean_abs_diff_seed0_vs_seed1": float(np.mean(np.abs(s0 - s1))),
+                    "mean_other_device": float(dev.mean()), "mean_reference": float(s0.mean())}
+    return res
+
+
+def draw_figures(draws: list[np.ndarray], predicted: np.ndarray, accs: np.ndarray,
+                 baselines_pred: dict[str, np.ndarray]) -> list[dict]:
+    """The headline figures of each held-out draw on its own."""
+    out, start = [], 0
+    for d in draws:
+        part = slice(start, start + len(d))
+        start += len(d)
+        acc = accs[:, part].mean(0)
+        out.append({"n_heldout": len(d), **rank_figures(predicted[part], acc),
+                    "baselines_kendall_tau": {k: float(kendalltau(v[part], acc).statistic)
+                                              for k, v in baselines_pred.items()},
+                    "gt_repeat_tau": float(kendalltau(accs[0, part], accs[1, part]).statistic),
+                    "heldout_accuracy_range": [float(acc.min()), float(acc.max())]})
+    return out
+
+
+def heldout_devices(space: SearchSpace, held: np.ndarray, out: Path, recipe: str) -> dict[str, int]:
+    """Where the held-out fine-tunes in the figures ran (records without a device ran on the CPU)."""
+    ids = {x.id for x in space.decode_many(held)}
+    recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe
+            and r["arch_id"] in ids and r["seed"] in (0, 1)]
+    return dict(Counter(r.get("device") or "cpu" for r in recs))
 
 
 def split_sizes(data_path: str) -> tuple[int, int]:
@@ -103,6 +187,9 @@ def main() -> None:
     ap.add_argument("--sample-seeds", type=int, default=1,
                     help="fine-tune every fit sample with this many seeds and fit the predictor on their mean")
     ap.add_argument("--heldout", type=int, default=20)
+    ap.add_argument("--heldout-extra", type=int, default=0,
+                    help="a second held-out draw of this many networks (seed 2000, disjoint from every other set), "
+                         "fine-tuned the same way; the headline figures then cover both draws")
     ap.add_argument("--teacher-epochs", type=float, default=15)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
@@ -125,24 +212,17 @@ def main() -> None:
     pred = run_pipeline(space, a.data, out, cfg, workers=a.workers, device=device)
     log = read_json(out / "pipeline.json")
 
-    fit_pop = stratified_sample(space, a.samples, cfg.seed)
-    fit_ids = {x.id for x in space.decode_many(fit_pop)}
-    held = stratified_sample(space, a.heldout, seed=1000, exclude=fit_ids)
-    held_ids = [x.id for x in space.decode_many(held)]
+    fit_pop, extra, draws = benchmark_sets(space, a.samples, a.extra_samples, a.heldout, a.heldout_extra, cfg.seed)
     t0 = time.time()
-    accs, test_accs = [], []
-    for seed in (0, 1):
-        recs = run_samples(space, held, out / "teacher", out / "blocks", a.data, out / "heldout.jsonl",
-                           replace(cfg.finetune, seed=seed), a.workers, subset=a.subset,
-                           desc=f"held-out fine-tunes (seed {seed})", score_test=True, device=device)
-        by_id = {r["arch_id"]: r for r in recs}
-        accs.append(np.array([by_id[i]["val_top1"] for i in held_ids]))
-        test_accs.append([by_id[i].get("test_top1") for i in held_ids])
+    truth = [heldout_truth(space, d, out, a, cfg, device, f" draw {k + 1}" if len(draws) > 1 else "")
+             for k, d in enumerate(draws)]
     heldout_wall = time.time() - t0
-    acc = (accs[0] + accs[1]) / 2
+    held = np.concatenate(draws)
+    accs = np.concatenate([t[0] for t in truth], axis=1)  # (seeds, K) validation top-1
+    test_accs = np.concatenate([t[1] for t in truth], axis=1)
+    acc = accs.mean(0)
 
     if a.extra_samples:
-        extra = stratified_sample(space, a.extra_samples, cfg.seed + 1, exclude=fit_ids | set(held_ids))
         run_sample_seeds(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
                          a.sample_seeds, a.workers, subset=a.subset, device=device)
         fit_pop = np.concatenate([fit_pop, extra])
@@ -161,12 +241,12 @@ def main() -> None:
     predicted = pred.predict(held)
     macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]
     par_f, par_h = np.log(cost.params(space, fit_pop))[:, None], np.log(cost.params(space, held))[:, None]
-    baselines = {
-        "macs": rank_figures(linear_on(macs_f, fit_acc, macs_h), acc),
-        "params": rank_figures(linear_on(par_f, fit_acc, par_h), acc),
-        "onehot_linear": rank_figures(linear_on(onehot_features(space, fit_pop), fit_acc,
-                                                onehot_features(space, held)), acc),
+    baselines_pred = {
+        "macs": linear_on(macs_f, fit_acc, macs_h),
+        "params": linear_on(par_f, fit_acc, par_h),
+        "onehot_linear": linear_on(onehot_features(space, fit_pop), fit_acc, onehot_features(space, held)),
     }
+    baselines = {k: rank_figures(v, acc) for k, v in baselines_pred.items()}
 
     distill_cmp, separate_train_s = (compare_distill_modes(space, out, a, cfg, device) if a.separate_options
                                      else ({"skipped": "--separate-options 0"}, []))
@@ -180,11 +260,15 @@ def main() -> None:
     phases["heldout_finetunes"] = round(heldout_wall, 1)
     # compute seconds recorded by each unit of work when it ran (a resumed rerun reuses them, adds nothing)
     distill_log = read_json(out / "blocks" / "distill.json")["stages"]
-    heldout_recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe]
+    all_held = {x.id for x in space.decode_many(held)}
+    heldout_recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe
+                    and r["arch_id"] in all_held]
+    cpu_recs = [r for r in heldout_recs if (r.get("device") or "cpu") == "cpu"]
     compute = {"distill_stage_train_s": [round(r["train_seconds"], 1) for r in distill_log],
                "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs), 1),
-               "heldout_finetune_s_total": round(sum(r["seconds"] for r in heldout_recs), 1),
-               "heldout_finetunes": len(heldout_recs)}
+               "heldout_finetune_s_total": round(sum(r["seconds"] for r in cpu_recs), 1),
+               "heldout_finetunes": len(cpu_recs),
+               "note": "CPU fine-tunes only; heldout_devices says how many ran elsewhere"}
     if separate_train_s:
         phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
@@ -201,9 +285,15 @@ def main() -> None:
                "predict_archs_per_s": speed, "distill_mode_comparison": distill_cmp, "workers": a.workers,
                "train_device": device,
                "subset": a.subset}
-    if all(v is not None for seed_accs in test_accs for v in seed_accs):
-        figures["ground_truth_images"] = image_noise_figures(predicted, macs_h[:, 0], np.array(accs),
-                                                             np.array(test_accs, dtype=float), a.data)
+    if len(draws) > 1:
+        figures["draws"] = draw_figures(draws, predicted, accs, baselines_pred)
+    figures["repeat_ceiling_tau"] = repeat_ceiling_tau(accs.tolist())
+    figures["heldout_devices"] = heldout_devices(space, held, out, recipe)
+    check = device_check(out, recipe)
+    if check:
+        figures["device_check"] = check
+    if not np.isnan(test_accs).any():
+        figures["ground_truth_images"] = image_noise_figures(predicted, macs_h[:, 0], accs, test_accs, a.data)
     print({k: figures[k] for k in ("n_heldout", "kendall_tau", "spearman", "mae", "gt_repeat_tau")})
     print("baselines:", {k: round(v["kendall_tau"], 3) for k, v in baselines.items()})
     write_result(a.result_name, figures)
