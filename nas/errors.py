@@ -13,6 +13,11 @@ class UserError(Exception):
         self.where, self.what, self.fix = str(where), what, fix
         super().__init__(self.one_line())
 
+    def __reduce__(self):
+        # Exception pickles as cls(*self.args) = cls(message), which does not fit __init__: without this a
+        # UserError raised in a Ray task or a worker process could not travel back to the CLI
+        return type(self), (self.where, self.what, self.fix)
+
     def one_line(self) -> str:
         text = f"{self.where}: {self.what}"
         return f"{text} ({self.fix})" if self.fix else text
