@@ -2,7 +2,7 @@
 
     python benchmarks/pooling_mixture.py --workers 2
     # where a GPU is lent: trainings and mixtures side by side on it, no Ray
-    python benchmarks/pooling_mixture.py --device cuda --procs 10 --standalone-seeds 0,1,2 ...
+    python benchmarks/pooling_mixture.py --train-device cuda --procs 10 --standalone-seeds 0,1,2 ...
 
 Narrowed: widths 8/16/32 by default (half of ResNet20's 16/32/64; --base-width 16 for ResNet20's). Shortened:
 every placement trained standalone for a few epochs with one recipe, once per --standalone-seeds seed (the
@@ -171,10 +171,11 @@ def main() -> None:
     ap.add_argument("--models", default="1,4")
     ap.add_argument("--workers", type=int, default=0, help="Ray tasks of one core each")
     ap.add_argument("--procs", type=int, default=0,
-                    help="processes sharing --device instead of Ray (e.g. several trainings on one GPU)")
+                    help="processes sharing --train-device instead of Ray (e.g. several trainings on one GPU)")
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "pooling_bench"))
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
+    ap.add_argument("--train-device", "--device", dest="device", default="cpu",
+                    help="where PyTorch trains: cpu, or cuda where a GPU is lent (--device: the older name)")
     ap.add_argument("--result-name", default="pooling_mixture")
     ap.add_argument("--scoring", choices=["best", "assigned"], default="best",
                     help="a placement's supernet accuracy: its best model's, or its assigned model's")
