@@ -31,6 +31,7 @@ from nas.errors import UserError
 from nas.latency.engine import append_jsonl, load_jsonl
 from nas.pooling import (MixtureConfig, PlacementSpace, score_placements, standalone_recipe, standalone_task,
                          train_mixture)
+from nas.train import resolve_device
 
 PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture_M4": 91.55, "brute_force_best": 92.01},
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
@@ -184,6 +185,7 @@ def main() -> None:
                                           "nor the ground truth's training): placements are also scored on these, "
                                           "by the supernets and by the standalone networks trained from now on")
     a = ap.parse_args()
+    a.device = resolve_device(a.device)  # a typo fails here, not deep inside the first training
     space = PlacementSpace(base_width=a.base_width)
     space_kw = asdict(space)
     seeds = [int(s) for s in a.standalone_seeds.split(",")]
