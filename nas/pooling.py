@@ -22,7 +22,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -71,6 +71,8 @@ class PlacementSpace:
     def build_supernet(self) -> "PlacementNet":
         return PlacementNet(self)
 
+    input_size = 32  # CIFAR-sized, like ResNet20 (a class attribute: not part of the recipe's fields)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "resnet20-like", **asdict(self)}
 
@@ -111,6 +113,7 @@ class StridePlacementSpace:
         mid = (np.asarray(space.n_choices) - 1) // 2  # every decision at its middle choice by default
         self.reference = reference or space.decode(mid)
         self.num_classes = space.frame.num_classes
+        self.input_size = space.frame.input_size
 
     @property
     def placements(self) -> list[tuple[int, ...]]:
@@ -160,6 +163,21 @@ class StrideSupernet(nn.Module):
 
 
 AnyPlacementSpace = Union[PlacementSpace, StridePlacementSpace]
+
+
+def fit_to_data(space: AnyPlacementSpace, data, data_path: str | Path) -> AnyPlacementSpace:
+    """The space for this data: the ResNet20-like space takes the data's class count; a search space's must
+    match its classes and input size (a clear error where they do not)."""
+    if isinstance(space, PlacementSpace):
+        return replace(space, num_classes=data.num_classes)
+    where, name = data_path, space.space.name
+    if data.num_classes != space.num_classes:
+        raise UserError(where, f"{data.num_classes} classes, space {name} has {space.num_classes}",
+                        "use a space whose num_classes matches the data")
+    if data.input_size != space.input_size:
+        raise UserError(where, f"images are {data.input_size}px, space {name} expects {space.input_size}px",
+                        "use a space sized for this data")
+    return space
 
 
 class SlicedBasicBlock(nn.Module):
@@ -411,7 +429,8 @@ def standalone_task(space_kw: dict, placement: tuple[int, ...], data_path: str, 
     if threads:
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
-    data = load_data(data_path, seed=0, subset=subset, device=device)
+    data = load_data(data_path, seed=0, subset=subset, device=device, input_size=space.input_size)
+    space = fit_to_data(space, data, data_path)
     t0 = time.time()
     model = train_standalone(space, tuple(placement), data, epochs, seed=seed, device=device).eval()
     correct, n = count_correct(model, data.test)
@@ -436,7 +455,9 @@ def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | 
     from .data import load_data
 
     out = Path(out_dir)
-    data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device)
+    data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device,
+                     input_size=space.input_size)
+    space = fit_to_data(space, data, data_path)
     res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
     ranking = score_placements(space, res, data, rule=rule)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)

@@ -254,3 +254,47 @@ def test_standalone_run_counts_hits_on_test_and_extra_images(synthetic_npz):
     assert again["standalone_accuracy"] == row["standalone_accuracy"] and "extra_correct" not in again
     # every record names its recipe (the data by file name), so ground truths of two recipes never mix
     assert row["recipe"] == {"space": asdict(space), "data": synthetic_npz.name, "epochs": 0.3, "subset": None}
+
+
+def _image_tree(root, classes: int, per_class: int, size: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_mixture_runs_on_an_imagefolder_tree_at_the_spaces_size(tmp_path, capsys):
+    """ImageNet-style data: the ResNet20-like space reads it at its own 32 px and takes the data's class count;
+    a search space whose classes do not match the data is a one-line error."""
+    import json
+
+    import pandas as pd
+
+    from conftest import MINI
+    from nas.cli import main
+
+    tree = _image_tree(tmp_path / "tree", classes=3, per_class=60, size=48)  # one batch of 128 to train on
+    out = tmp_path / "mix"
+    assert main(["supernet-mixture", "--data", str(tree), "--blocks", "3", "--pools", "1", "--base-width", "4",
+                 "--models", "1", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    ranking = pd.read_csv(out / "placement_ranking_M1.csv")
+    assert sorted(ranking["placement"]) == ["pool@1", "pool@2", "pool@3"]
+    assert json.loads((out / "mixture_M1.json").read_text())["space"]["num_classes"] == 3
+
+    import yaml
+
+    cfg = json.loads(json.dumps(MINI))
+    for st in cfg["stages"]:
+        st["stride"] = [1, 2]
+    cfg["downsampling"] = {"total": 4}
+    path = tmp_path / "mini_placed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["supernet-mixture", "--space", str(path), "--data", str(tree), "--epochs", "1",
+                 "--out", str(tmp_path / "mix2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "3 classes" in err and "Traceback" not in err
