@@ -275,3 +275,24 @@ def test_select_sharing_takes_best_proxy_and_resumes(mini_space, synthetic_npz, 
     warm = select_sharing(mini_space, specs, paths, cfg, tmp_path, init="supernet")
     assert len(warm["candidates"]) == 3
     assert len((tmp_path / "selection.jsonl").read_text().splitlines()) == 6
+
+
+def test_multipath_runs_with_an_imagefolder_domain(mini_space, synthetic_npz, tmp_path):
+    """A user's ImageNet-style tree as one domain (read at the space's 32 px, its own 3 classes) beside the
+    archive: search with a checkpoint, joint model, retraining and per-domain ONNX, end to end."""
+    from PIL import Image
+
+    from nas.multipath import run_multipath
+
+    rng = np.random.default_rng(0)
+    tree = tmp_path / "tree"
+    for c in range(3):
+        (tree / f"class{c}").mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tree / f"class{c}" / f"{i}.png")
+    specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("tree", str(tree))]
+    cfg = MultipathConfig(steps=12, warmup=4, batch_size=16, checkpoint_every=6, controller_every=4,
+                          retrain_epochs=0.2)
+    res = run_multipath(mini_space, specs, tmp_path / "run", cfg, quiet=True)
+    assert set(res["paths"]) == {"blobs", "tree"} and 0.0 <= res["accuracy"]["tree"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.onnx")) == ["blobs.onnx", "tree.onnx"]
