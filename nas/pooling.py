@@ -45,6 +45,7 @@ class PlacementSpace:
     pools: int = 2
     base_width: int = 16
     num_classes: int = 10
+    input_size = 32  # CIFAR-sized, like ResNet20 (a class attribute, not a field: recipes hash the fields)
 
     def __post_init__(self):
         if not (0 < self.pools < self.blocks):
@@ -70,8 +71,6 @@ class PlacementSpace:
 
     def build_supernet(self) -> "PlacementNet":
         return PlacementNet(self)
-
-    input_size = 32  # CIFAR-sized, like ResNet20 (a class attribute: not part of the recipe's fields)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "resnet20-like", **asdict(self)}
