@@ -106,12 +106,16 @@ class TensorLoader(_ResumableBatches):
         return len(self.x)
 
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()  # once per pass, not once per batch
         for i in range(start, len(self)):
-            yield self.batch(i)
+            yield self._batch(order, i)
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i`` of the current epoch (random access; training batches are augmented)."""
-        idx = self._order()[i * self.batch_size:(i + 1) * self.batch_size]
+        return self._batch(self._order(), i)
+
+    def _batch(self, order: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
         xb = self.x[idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if self.train:
             xb = self._augment(xb, torch.Generator().manual_seed(_key(self.seed, self.epoch, i + 1)))
