@@ -148,8 +148,14 @@ class Splits:
     name: str
 
     def describe(self) -> str:
-        sizes = [getattr(s, "num_samples", None) or len(s.dataset) for s in (self.train, self.val, self.test)]
+        sizes = [s.num_samples for s in (self.train, self.val, self.test)]
         return f"{self.name}: train {sizes[0]}, val {sizes[1]}, test {sizes[2]} ({self.num_classes} classes)"
+
+    def require_input_size(self, size: int, space_name: str, where: str | os.PathLike) -> None:
+        """A clear error where these images are not the size the space's networks are built for."""
+        if self.input_size != size:
+            raise UserError(where, f"images are {self.input_size}px, space {space_name} expects {size}px",
+                            "use a space sized for this data")
 
 
 # ---------------------------------------------------------------------- raw arrays

@@ -169,13 +169,10 @@ def fit_to_data(space: AnyPlacementSpace, data, data_path: str | Path) -> AnyPla
     match its classes and input size (a clear error where they do not)."""
     if isinstance(space, PlacementSpace):
         return replace(space, num_classes=data.num_classes)
-    where, name = data_path, space.space.name
     if data.num_classes != space.num_classes:
-        raise UserError(where, f"{data.num_classes} classes, space {name} has {space.num_classes}",
+        raise UserError(data_path, f"{data.num_classes} classes, space {space.space.name} has {space.num_classes}",
                         "use a space whose num_classes matches the data")
-    if data.input_size != space.input_size:
-        raise UserError(where, f"images are {data.input_size}px, space {name} expects {space.input_size}px",
-                        "use a space sized for this data")
+    data.require_input_size(space.input_size, space.space.name, data_path)
     return space
 
 
