@@ -29,8 +29,8 @@ from scipy.stats import kendalltau
 from nas.data import load_data
 from nas.errors import UserError
 from nas.latency.engine import append_jsonl, load_jsonl
-from nas.pooling import (MixtureConfig, PlacementSpace, score_placements, standalone_recipe, standalone_task,
-                         train_mixture)
+from nas.pooling import (SCORING_RULES, MixtureConfig, PlacementSpace, score_placements, standalone_recipe,
+                         standalone_task, train_mixture)
 from nas.train import resolve_device
 
 PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture_M4": 91.55, "brute_force_best": 92.01},
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--train-device", "--device", dest="device", default="cpu",
                     help="where PyTorch trains: cpu, or cuda where a GPU is lent (--device: the older name)")
     ap.add_argument("--result-name", default="pooling_mixture")
-    ap.add_argument("--scoring", choices=["best", "assigned"], default="best",
+    ap.add_argument("--scoring", choices=SCORING_RULES, default="best",
                     help="a placement's supernet accuracy: its best model's, or its assigned model's")
     ap.add_argument("--standalone-note", default="", help="where the standalone ground truth was trained")
     ap.add_argument("--score-extra", help="an archive of further held-out images (used by neither the mixtures "

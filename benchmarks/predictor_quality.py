@@ -95,6 +95,11 @@ def heldout_truth(space: SearchSpace, pop: np.ndarray, out: Path, a: argparse.Na
     return np.array(val), np.array(test, dtype=float)
 
 
+def device_of(record: dict) -> str:
+    """Where a fine-tune ran (records made before devices were recorded ran on the CPU)."""
+    return record.get("device") or "cpu"
+
+
 def device_check(out: Path, recipe: str) -> dict | None:
     """Held-out fine-tunes repeated on another device with seed 0 (``heldout_device_check.jsonl``) against
     the same seed in heldout.jsonl: does that device give the recipe's results?"""
@@ -107,8 +112,8 @@ def device_check(out: Path, recipe: str) -> dict | None:
              and (r["arch_id"], 1) in ref]
     if len(other) < 3:
         return None
-    res = {"n": len(other), "device": sorted({r.get("device") or "cpu" for r in other}),
-           "reference_device": sorted({ref[(r["arch_id"], 0)].get("device") or "cpu" for r in other})}
+    res = {"n": len(other), "device": sorted({device_of(r) for r in other}),
+           "reference_device": sorted({device_of(ref[(r["arch_id"], 0)]) for r in other})}
     for key in ("val_top1", "test_top1"):
         dev = np.array([r[key] for r in other])
         s0 = np.array([ref[(r["arch_id"], 0)][key] for r in other])
@@ -135,14 +140,6 @@ def draw_figures(draws: list[np.ndarray], predicted: np.ndarray, accs: np.ndarra
                     "gt_repeat_tau": float(kendalltau(accs[0, part], accs[1, part]).statistic),
                     "heldout_accuracy_range": [float(acc.min()), float(acc.max())]})
     return out
-
-
-def heldout_devices(space: SearchSpace, held: np.ndarray, out: Path, recipe: str) -> dict[str, int]:
-    """Where the held-out fine-tunes in the figures ran (records without a device ran on the CPU)."""
-    ids = {x.id for x in space.decode_many(held)}
-    recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe
-            and r["arch_id"] in ids and r["seed"] in (0, 1)]
-    return dict(Counter(r.get("device") or "cpu" for r in recs))
 
 
 def split_sizes(data_path: str) -> tuple[int, int]:
@@ -262,8 +259,8 @@ def main() -> None:
     distill_log = read_json(out / "blocks" / "distill.json")["stages"]
     all_held = {x.id for x in space.decode_many(held)}
     heldout_recs = [r for r in load_jsonl(str(out / "heldout.jsonl")) if r.get("recipe") == recipe
-                    and r["arch_id"] in all_held]
-    cpu_recs = [r for r in heldout_recs if (r.get("device") or "cpu") == "cpu"]
+                    and r["arch_id"] in all_held and r["seed"] in (0, 1)]  # the fine-tunes in the figures
+    cpu_recs = [r for r in heldout_recs if device_of(r) == "cpu"]
     compute = {"distill_stage_train_s": [round(r["train_seconds"], 1) for r in distill_log],
                "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs), 1),
                "heldout_finetune_s_total": round(sum(r["seconds"] for r in cpu_recs), 1),
@@ -288,7 +285,7 @@ def main() -> None:
     if len(draws) > 1:
         figures["draws"] = draw_figures(draws, predicted, accs, baselines_pred)
     figures["repeat_ceiling_tau"] = repeat_ceiling_tau(accs.tolist())
-    figures["heldout_devices"] = heldout_devices(space, held, out, recipe)
+    figures["heldout_devices"] = dict(Counter(device_of(r) for r in heldout_recs))
     check = device_check(out, recipe)
     if check:
         figures["device_check"] = check
