@@ -151,12 +151,6 @@ class Splits:
         sizes = [s.num_samples for s in (self.train, self.val, self.test)]
         return f"{self.name}: train {sizes[0]}, val {sizes[1]}, test {sizes[2]} ({self.num_classes} classes)"
 
-    def require_input_size(self, size: int, space_name: str, where: str | os.PathLike) -> None:
-        """A clear error where these images are not the size the space's networks are built for."""
-        if self.input_size != size:
-            raise UserError(where, f"images are {self.input_size}px, space {space_name} expects {size}px",
-                            "use a space sized for this data")
-
 
 # ---------------------------------------------------------------------- raw arrays
 def load_npz_archive(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
@@ -287,6 +281,9 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional
     else:
         xtr, ytr, xte, yte = load_fashion_mnist(path, input_size or 32)
         mean, std, name = (0.2860,) * 3, (0.3530,) * 3, "fashion-mnist"
+    if input_size and xtr.shape[1] != input_size:  # CIFAR-10 comes at 32 px only: never train at the wrong size
+        raise UserError(path, f"images are {xtr.shape[1]}px, the space expects {input_size}px",
+                        f"use a space with input_size {xtr.shape[1]}, or an ImageFolder tree (resized as it loads)")
     val_size = min(5000, len(xtr) // 4) if val_size is None else val_size
     if val_size >= len(xtr):
         raise UserError("--val-size", f"{val_size} leaves no training images (train has {len(xtr)})", "lower it")

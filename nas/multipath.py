@@ -101,7 +101,6 @@ def load_domains(specs: list[DomainSpec], space: SearchSpace, batch_size: int, s
         if d.num_classes is not None and d.num_classes != splits.num_classes:
             raise UserError(d.data, f"domain {d.name} declares {d.num_classes} classes, the data has "
                             f"{splits.num_classes}", "fix the class count or the data path")
-        splits.require_input_size(space.frame.input_size, space.name, d.data)
         out[d.name] = splits
     return out
 

@@ -166,13 +166,12 @@ AnyPlacementSpace = Union[PlacementSpace, StridePlacementSpace]
 
 def fit_to_data(space: AnyPlacementSpace, data, data_path: str | Path) -> AnyPlacementSpace:
     """The space for this data: the ResNet20-like space takes the data's class count; a search space's must
-    match its classes and input size (a clear error where they do not)."""
+    match its classes (a clear error where it does not; ``load_data`` checks the input size)."""
     if isinstance(space, PlacementSpace):
         return replace(space, num_classes=data.num_classes)
     if data.num_classes != space.num_classes:
         raise UserError(data_path, f"{data.num_classes} classes, space {space.space.name} has {space.num_classes}",
                         "use a space whose num_classes matches the data")
-    data.require_input_size(space.input_size, space.space.name, data_path)
     return space
 
 

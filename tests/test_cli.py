@@ -87,6 +87,13 @@ def test_embedded_default_search_runs_without_data(tmp_path, monkeypatch, capsys
     assert front["accuracy"].is_monotonic_increasing  # on a front, more latency must buy more accuracy
 
 
+def test_teacher_for_a_224px_space_on_32px_archive_fails_before_training(synthetic_npz, tmp_path, capsys):
+    argv = ["teacher", "--space", "mobilenetv3_imagenet", "--data", str(synthetic_npz), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "images are 32px, the space expects 224px" in _error_line(capsys)
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
 def test_pipeline_steps_out_of_order_say_what_to_run_first(tmp_path, capsys):
     assert main(["distill", "--out", str(tmp_path)]) == 2
     assert "no teacher here" in _error_line(capsys)

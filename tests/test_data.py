@@ -172,3 +172,10 @@ def test_bad_data_paths(tmp_path):
     np.savez(bad, x=np.zeros(3))
     with pytest.raises(UserError, match="lacks array"):
         load_data(bad)
+
+
+def test_archive_at_another_input_size_is_a_clear_error(synthetic_npz):
+    """CIFAR-10 archives hold 32 px images only; a space built for 224 px must not silently train on them."""
+    assert load_data(synthetic_npz, input_size=32).input_size == 32
+    with pytest.raises(UserError, match="images are 32px, the space expects 224px"):
+        load_data(synthetic_npz, input_size=224)
