@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import UserError
@@ -18,88 +17,51 @@ def command(name: str):
     return deco
 
 
-def _space(name: str):
-    from .space import SearchSpace
-
-    return SearchSpace.load(name)
+def _kwargs(a: argparse.Namespace, *skip: str) -> dict:
+    """The parsed options as keyword arguments of the matching :mod:`nas.api` function."""
+    return {k: v for k, v in vars(a).items() if k not in ("command", "version", *skip)}
 
 
 # ---------------------------------------------------------------------- profile
 @command("profile")
 def cmd_profile(a: argparse.Namespace) -> int:
-    from .latency import profile as P
+    from . import api
+    from .latency.profile import describe
 
     if a.import_results:
-        table = P.import_results(a.import_results, a.out_root, _space(a.space) if a.space else None)
-        print(P.describe(table))
+        print(describe(api.import_results(a.import_results, space=a.space, out_root=a.out_root)))
         return 0
     if not a.space or not a.device:
         raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
-    space = _space(a.space)
-    protocol = P.Protocol(rounds=a.rounds, chunk=a.chunk, seed=a.seed, target_s=a.target_ms / 1e3,
-                          spread_tol=a.spread_tol)
     if a.export_bundle:
-        be = P.resolve_device(a.device, a.backend, a.threads)
-        if be.name != "onnxruntime":
-            raise UserError("--export-bundle", "bundles run ONNX Runtime", "use an ort device name")
-        out = P.export_bundle(space, a.device, a.export_bundle, be.threads, a.batch, a.granularity, protocol,
-                              a.validate, a.fit_networks, a.quiet)
+        out = api.export_bundle(**_kwargs(a, "import_results", "export_bundle", "out_root", "force"),
+                                bundle=a.export_bundle)
         print(f"bundle written to {out}; on the device run: python {out}/run_bundle.py")
         return 0
-    table = P.profile(space, a.device, a.backend, a.threads, a.batch, a.granularity, a.out_root, protocol,
-                      a.validate, a.fit_networks, a.force, a.quiet)
-    print(P.describe(table))
+    print(describe(api.profile(**_kwargs(a, "import_results", "export_bundle"))))
     return 0
 
 
 # ---------------------------------------------------------------------- search
 @command("search")
 def cmd_search(a: argparse.Namespace) -> int:
-    from .report import print_summary, write_outputs
-    from .search.run import SearchConfig, default_out, default_objectives, run_search
+    from . import api
+    from .report import print_summary
 
-    objectives = a.objectives.split(",") if a.objectives else default_objectives(a.space, a.table, a.predictor)
-    cfg = SearchConfig(space=a.space, table=a.table, decisions=a.decisions.split(",") if a.decisions else None,
-                       objectives=objectives, constraints=a.constraint or [], controller=a.controller,
-                       sampler=a.sampler, evaluations=a.evaluations, population=a.population, islands=a.islands,
-                       targets=[float(t) for t in a.targets.split(",")] if a.targets else None, seed=a.seed,
-                       tables_dir=a.tables_dir, predictor=a.predictor, placement_ranking=a.placement_ranking,
-                       storage=a.storage)
-    out = Path(a.out) if a.out else default_out(cfg)
-    res = run_search(cfg, out=out, workers=a.workers, ray_address=a.ray_address, quiet=a.quiet)
-    run = write_outputs(res, out, measure=a.measure, quiet=a.quiet)
+    run = api.search(**_kwargs(a, "constraint"), constraints=a.constraint or ())
     if not a.quiet:
-        import pandas as pd
-
-        print_summary(res, pd.read_csv(out / "pareto.csv"), run)
-    print(f"{run['front_size']} architectures on the front, {run['evaluated']} evaluated; results in {out}/ "
-          f"(pareto.csv, evaluated.csv, pareto.png, run.json)")
+        print_summary(run.result, run.pareto, run.run)
+    print(f"{run.run['front_size']} architectures on the front, {run.run['evaluated']} evaluated; results in "
+          f"{run.out}/ (pareto.csv, evaluated.csv, pareto.png, run.json)")
     return 0
 
 
 # ---------------------------------------------------------------------- predictor pipeline
-def _train_device(a: argparse.Namespace) -> str:
-    from .train import resolve_device
-
-    return resolve_device(a.train_device)
-
-
-def _train_cfg(a: argparse.Namespace, prefix: str):
-    """The pipeline's ``teacher`` or ``finetune`` recipe, with the command line's --PREFIX-epochs/-lr and --seed."""
-    from dataclasses import replace
-
-    from .predictor.pipeline import PipelineConfig
-
-    kw = {k: getattr(a, f"{prefix}_{k}") for k in ("epochs", "lr") if getattr(a, f"{prefix}_{k}", None) is not None}
-    return replace(getattr(PipelineConfig(), prefix), **kw, seed=a.seed)
-
-
 @command("teacher")
 def cmd_teacher(a: argparse.Namespace) -> int:
-    from .predictor.teacher import train_teacher
+    from . import api
 
-    rep = train_teacher(_space(a.space), a.data, a.out, a.arch, _train_cfg(a, "teacher"), a.checkpoint,
-                        a.subset, quiet=a.quiet, device=_train_device(a))
+    rep = api.teacher(**_kwargs(a, "workers", "ray_address", "dataset"))
     print(f"teacher {rep['arch_id']}: val top-1 {rep['val_top1']:.4f}, test top-1 {rep['test_top1']:.4f} "
           f"-> {a.out}/teacher/")
     return 0
@@ -107,61 +69,32 @@ def cmd_teacher(a: argparse.Namespace) -> int:
 
 @command("distill")
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .predictor.distill import DistillConfig, run_distillation
+    from . import api
 
-    cfg = DistillConfig(steps=a.steps, seed=a.seed)
-    frame = run_distillation(_space(a.space), Path(a.out) / "teacher", a.data, Path(a.out) / "blocks", cfg,
-                             a.workers, a.ray_address, a.subset, a.quiet, _train_device(a))
+    frame = api.distill(**_kwargs(a, "dataset"))
     print(f"block-quality table: {len(frame)} options -> {a.out}/blocks/block_quality.csv")
     return 0
 
 
 @command("predictor")
 def cmd_predictor(a: argparse.Namespace) -> int:
-    from .predictor.distill import load_block_quality
-    from .predictor.fit import fit_predictor
-    from .predictor.sample import mean_accuracy, run_sample_seeds, stratified_sample
+    from . import api
 
-    space, out = _space(a.space), Path(a.out)
-    pop = stratified_sample(space, a.samples, a.seed)
-    cfg = _train_cfg(a, "finetune")
     if a.action == "sample":
-        run_sample_seeds(space, pop, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg,
-                         a.sample_seeds, a.workers, a.ray_address, a.subset, a.quiet,
-                         _train_device(a))
-        print(f"{len(pop)} fine-tuned samples x {a.sample_seeds} seed(s) in {out}/samples.jsonl")
+        api.sample(**_kwargs(a, "action", "dataset", "predictor_out", "placement_ranking"))
+        print(f"{a.samples} fine-tuned samples x {a.sample_seeds} seed(s) in {a.out}/samples.jsonl")
         return 0
-    acc = mean_accuracy(space, pop, out / "samples.jsonl", cfg, a.sample_seeds)
-    nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-    info = {"dataset": a.dataset, "sample_seeds": a.sample_seeds}
-    if (out / "teacher.json").exists():
-        from .io import read_json
-
-        t = read_json(out / "teacher.json", "teacher report")
-        info["teacher"] = {k: t[k] for k in ("arch_id", "val_top1", "test_top1")}
-    scores = None
-    if a.placement_ranking:
-        from .placement import load_placement_scores
-
-        scores = load_placement_scores(space, a.placement_ranking)
-    pred = fit_predictor(space, nsr, pop, acc, info, a.seed, placement_scores=scores)
-    path = pred.save(a.predictor_out or out / "predictor.json")
+    pred = api.fit(**_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device", "quiet"))
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
-          f" -> {path}")
+          f" -> {pred.path}")
     return 0
 
 
 @command("pipeline")
 def cmd_pipeline(a: argparse.Namespace) -> int:
-    from .predictor.distill import DistillConfig
-    from .predictor.pipeline import PipelineConfig, run_pipeline
+    from . import api
 
-    cfg = PipelineConfig(teacher=_train_cfg(a, "teacher"), distill=DistillConfig(steps=a.steps, seed=a.seed),
-                         finetune=_train_cfg(a, "finetune"),
-                         samples=a.samples, sample_seeds=a.sample_seeds, seed=a.seed, subset=a.subset,
-                         dataset=a.dataset)
-    pred = run_pipeline(_space(a.space), a.data, a.out, cfg, a.workers, a.ray_address, a.quiet,
-                        _train_device(a))
+    pred = api.pipeline(**_kwargs(a))
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
           f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
     return 0
@@ -170,31 +103,9 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- netadapt
 @command("adapt")
 def cmd_adapt(a: argparse.Namespace) -> int:
-    from .export import load_network, load_state_dict_file
-    from .latency import LatencyTable
-    from .netadapt import AdaptConfig, adapt
+    from . import api
 
-    device = _train_device(a)
-    space = _space(a.space)
-    if a.net:
-        arch, model = load_network(a.net)
-    else:
-        if not (a.checkpoint and a.arch):
-            raise UserError("nas adapt", "give --net DIR, or --checkpoint and --arch", "see nas adapt --help")
-        from .blocks import build_model
-
-        arch = space.parse_id(a.arch)
-        model = build_model(arch)
-        try:
-            model.load_state_dict(load_state_dict_file(a.checkpoint))
-        except RuntimeError as e:
-            raise UserError(a.checkpoint, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
-                            "pass the --arch the checkpoint was trained for") from None
-    table = LatencyTable.load(a.table, space) if a.table.endswith(".csv") else LatencyTable.find(space, a.table)
-    cfg = AdaptConfig(budget_ms=a.budget_ms, budget_ratio=a.budget_ratio, short_steps=a.short_steps,
-                      long_epochs=a.long_epochs, select=a.select, seed=a.seed)
-    state = adapt(space, model, arch, table, a.data, a.out, cfg, a.workers, a.ray_address, a.subset,
-                  measure=not a.no_measure, quiet=a.quiet, device=device)
+    state = api.adapt(**_kwargs(a, "dataset"))
     last = state["trajectory"][-1]
     print(f"adapted to {last['table_ms']:.4f} ms (table; budget {state['budget_ms']:.4f}), val top-1 "
           f"{last['accuracy']:.4f} -> {a.out}/adapted/, trajectory.csv, trajectory.png")
@@ -204,19 +115,9 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- multipath
 @command("multipath")
 def cmd_multipath(a: argparse.Namespace) -> int:
-    from .latency import LatencyTable
-    from .multipath import MultipathConfig, parse_domains, run_multipath
+    from . import api
 
-    device = _train_device(a)
-    space = _space(a.space)
-    specs = parse_domains(a.domains)
-    table = LatencyTable.find(space, a.device) if a.device else None
-    share = MultipathConfig.share_weight if a.share_weight is None else a.share_weight
-    cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, prioritise=a.prioritise, latency_weight=a.latency_weight,
-                          latency_target=a.latency_target, share_weight=share, retrain_epochs=a.retrain_epochs,
-                          select_epochs=a.select_epochs, seed=a.seed)
-    res = run_multipath(space, specs, a.out, cfg, table, a.subset, quiet=a.quiet, workers=a.workers,
-                        device=device)
+    res = api.multipath(**_kwargs(a))
     for d, arch_id in res["paths"].items():
         print(f"{d}: {arch_id}  test top-1 {res['accuracy'][d]:.4f}")
     shared = sum(len(v) > 1 for v in res["node_map"].values())
@@ -228,16 +129,9 @@ def cmd_multipath(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- pooling placement
 @command("supernet-mixture")
 def cmd_mixture(a: argparse.Namespace) -> int:
-    from .pooling import MixtureConfig, PlacementSpace, StridePlacementSpace, run_mixture
+    from . import api
 
-    if a.space:
-        sspace = _space(a.space)
-        space = StridePlacementSpace(sspace, sspace.parse_id(a.reference) if a.reference else None)
-    else:
-        space = PlacementSpace(blocks=a.blocks, pools=a.pools, base_width=a.base_width)
-    ranking = run_mixture(space, a.data, a.out, MixtureConfig(models=a.models, epochs=a.epochs, seed=a.seed,
-                                                                 warmup_epochs=a.warmup_epochs),
-                          a.subset, a.quiet, _train_device(a), a.scoring)
+    ranking = api.supernet_mixture(**_kwargs(a))
     print(ranking.head(10).to_string(index=False))
     print(f"ranking of {len(ranking)} placements -> {a.out}/placement_ranking_M{a.models}.csv")
     return 0
@@ -249,8 +143,9 @@ def cmd_space(a: argparse.Namespace) -> int:
     import numpy as np
 
     from . import cost
+    from .api import load_space
 
-    space = _space(a.space)
+    space = load_space(a.space)
     if a.sample:
         pop = space.sample(np.random.default_rng(a.seed), a.sample)
         macs, params = cost.macs(space, pop), cost.params(space, pop)
@@ -267,30 +162,9 @@ def cmd_space(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- export
 @command("export")
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export import save_network
+    from . import api
 
-    if a.run:
-        from .io import read_json
-
-        run = read_json(Path(a.run) / "run.json", "run file")
-        a.space = run["config"]["space"]
-    space = _space(a.space)
-    arch = space.parse_id(a.arch_id)
-    from .blocks import build_model
-
-    import torch
-
-    torch.manual_seed(a.seed)
-    model = build_model(arch)
-    if a.weights:
-        from .export import load_state_dict_file
-
-        try:
-            model.load_state_dict(load_state_dict_file(a.weights))
-        except RuntimeError as e:
-            raise UserError(a.weights, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
-                            "pass the checkpoint trained for this architecture") from None
-    out = save_network(arch, model, a.out)
+    out = api.export(**_kwargs(a, "quiet"))
     print(f"wrote {out}/arch.json, model.safetensors, model.onnx")
     return 0
 

@@ -99,3 +99,38 @@ def test_pipeline_steps_out_of_order_say_what_to_run_first(tmp_path, capsys):
     assert "no teacher here" in _error_line(capsys)
     assert main(["predictor", "fit", "--out", str(tmp_path)]) == 2
     assert "no fine-tuned samples here" in _error_line(capsys)
+
+
+class _Called(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv,fn", [
+    (["search"], "search"),
+    (["profile", "--space", "mobilenetv3_cifar", "--device", "cpu-ort-1t"], "profile"),
+    (["profile", "--space", "mobilenetv3_cifar", "--device", "cpu-ort-1t", "--export-bundle", "b"], "export_bundle"),
+    (["profile", "--import-results", "b"], "import_results"),
+    (["teacher"], "teacher"), (["distill"], "distill"), (["predictor", "sample"], "sample"),
+    (["predictor", "fit"], "fit"), (["pipeline"], "pipeline"), (["adapt", "--net", "n"], "adapt"),
+    (["multipath", "--domains", "cifar10"], "multipath"), (["supernet-mixture"], "supernet_mixture"),
+    (["export", "some-arch-id"], "export"),
+])
+def test_each_command_is_its_api_function_with_the_same_defaults(argv, fn, monkeypatch):
+    """The CLI passes only names the API function takes, and an option left out means the API's default."""
+    import inspect
+
+    from nas import api
+
+    real, seen = getattr(api, fn), {}
+
+    def spy(*args, **kwargs):
+        seen.update(inspect.signature(real).bind(*args, **kwargs).arguments)
+        raise _Called
+
+    monkeypatch.setattr(api, fn, spy)
+    with pytest.raises(_Called):
+        main(argv)
+    given = {a.lstrip("-").replace("-", "_") for a in argv}
+    defaults = {k: p.default for k, p in inspect.signature(real).parameters.items() if p.default is not p.empty}
+    differ = {k: (v, defaults[k]) for k, v in seen.items() if k in defaults and k not in given and v != defaults[k]}
+    assert seen and not differ

@@ -1,0 +1,356 @@
+"""The Python API: one function per ``nas`` command, same option names (``--train-device`` is ``train_device``),
+same defaults, same files written. The command line only parses arguments, calls these and prints.
+
+    from nas import api
+
+    run = api.search(constraints=["latency@cpu-ort-1t<=0.15"], seed=0)
+    run.pareto                     # the front as a DataFrame (also run.out / "pareto.csv")
+    table = api.profile("mobilenetv3_cifar", "cpu-ort-1t", validate=80)
+    predictor = api.pipeline("cifar10.npz", "runs/predictor", workers=2)
+
+Mistakes raise :class:`nas.UserError` (one line: what, where, and the fix). Heavy libraries (torch, Ray) are
+imported by the functions that need them, so ``import nas.api`` is quick.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .latency import LatencyTable
+    from .predictor.model import Predictor
+    from .search.run import SearchResult
+    from .space import SearchSpace
+
+CIFAR_ARCHIVE = "../shared/data/cifar10.npz"  # the command line's default --data (this repository's layout)
+
+
+def load_space(space: "str | SearchSpace") -> "SearchSpace":
+    """A search space by shipped name or YAML path (a :class:`SearchSpace` passes through)."""
+    from .space import SearchSpace
+
+    return space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+
+
+def _names(value: "str | Sequence[str] | None") -> Optional[list[str]]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
+    if value is None:
+        return None
+    return [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
+
+
+def _train_device(train_device: str) -> str:
+    from .train import resolve_device
+
+    return resolve_device(train_device)
+
+
+def _recipe(prefix: str, epochs: Optional[float], lr: Optional[float], seed: int):
+    """The pipeline's ``teacher`` or ``finetune`` training recipe with the given epochs, lr and seed."""
+    from .predictor.pipeline import PipelineConfig
+
+    kw = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    return replace(getattr(PipelineConfig(), prefix), **kw, seed=seed)
+
+
+# ---------------------------------------------------------------------- latency tables
+def _protocol(rounds: int, chunk: int, target_ms: float, spread_tol: float, seed: int):
+    from .latency.profile import Protocol
+
+    return Protocol(rounds=rounds, chunk=chunk, seed=seed, target_s=target_ms / 1e3, spread_tol=spread_tol)
+
+
+def profile(space: "str | SearchSpace", device: str, *, backend: Optional[str] = None,
+            threads: Optional[int] = None, batch: int = 1, granularity: str = "stage", rounds: int = 7,
+            chunk: int = 150, target_ms: float = 2.0, spread_tol: float = 0.10, validate: int = 0,
+            fit_networks: int = 30, out_root: str | Path = "latency_tables", force: bool = False, seed: int = 0,
+            quiet: bool = False) -> "LatencyTable":
+    """``nas profile``: measure (or finish measuring) ``device``'s latency table for ``space`` on this machine."""
+    from .latency import profile as P
+
+    return P.profile(load_space(space), device, backend, threads, batch, granularity, out_root,
+                     _protocol(rounds, chunk, target_ms, spread_tol, seed), validate, fit_networks, force, quiet)
+
+
+def export_bundle(space: "str | SearchSpace", device: str, bundle: str | Path, *, backend: Optional[str] = None,
+                  threads: Optional[int] = None, batch: int = 1, granularity: str = "stage", rounds: int = 7,
+                  chunk: int = 150, target_ms: float = 2.0, spread_tol: float = 0.10, validate: int = 0,
+                  fit_networks: int = 30, seed: int = 0, quiet: bool = False) -> Path:
+    """``nas profile --export-bundle``: a self-contained folder to measure ``device`` remotely."""
+    from .latency import profile as P
+
+    be = P.resolve_device(device, backend, threads)
+    if be.name != "onnxruntime":
+        raise UserError("--export-bundle", "bundles run ONNX Runtime", "use an ort device name")
+    return P.export_bundle(load_space(space), device, bundle, be.threads, batch, granularity,
+                           _protocol(rounds, chunk, target_ms, spread_tol, seed), validate, fit_networks, quiet)
+
+
+def import_results(bundle: str | Path, *, space: "str | SearchSpace | None" = None,
+                   out_root: str | Path = "latency_tables") -> "LatencyTable":
+    """``nas profile --import-results``: a measured bundle becomes a table under ``out_root``."""
+    from .latency import profile as P
+
+    return P.import_results(bundle, out_root, load_space(space) if space else None)
+
+
+# ---------------------------------------------------------------------- search
+@dataclass
+class SearchRun:
+    """What ``nas search`` leaves in its run folder, loaded."""
+
+    out: Path
+    pareto: "pd.DataFrame"
+    evaluated: "pd.DataFrame"
+    run: dict[str, Any]  # run.json: config, seed, versions, hypervolume, wall time...
+    result: "SearchResult"
+
+
+def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str] | None" = None,
+           constraints: "str | Sequence[str]" = (), controller: str = "evolution", sampler: str = "nsga2",
+           evaluations: int = 3000, population: int = 48, islands: Optional[int] = None,
+           targets: "str | Sequence[float] | None" = None, table: Optional[str] = None,
+           decisions: "str | Sequence[str] | None" = None, tables_dir: Optional[str] = None,
+           predictor: Optional[str] = None, placement_ranking: Optional[str] = None, storage: Optional[str] = None,
+           out: "str | Path | None" = None, workers: int = 0, ray_address: Optional[str] = None,
+           measure: bool = False, seed: int = 0, quiet: bool = False) -> SearchRun:
+    """``nas search``: run (or resume) a search and write pareto.csv, evaluated.csv, pareto.png and run.json
+    to ``out`` (default ``runs/<space>-<controller>-<config hash>``). With no arguments: the cifar space for
+    predicted accuracy vs. latency on the shipped ``cpu-ort-1t`` table."""
+    import pandas as pd
+
+    from .report import write_outputs
+    from .search.run import SearchConfig, default_objectives, default_out, run_search
+
+    if isinstance(targets, str):
+        try:
+            targets = [float(t) for t in targets.split(",")]
+        except ValueError:
+            raise UserError("--targets", f"cannot parse {targets!r}", "comma-separated numbers, e.g. 0.1,0.15") from None
+    cfg = SearchConfig(space=space, table=table, decisions=_names(decisions),
+                       objectives=_names(objectives) or default_objectives(space, table, predictor),
+                       constraints=[constraints] if isinstance(constraints, str) else list(constraints),
+                       controller=controller, sampler=sampler, evaluations=evaluations, population=population,
+                       islands=islands, targets=list(targets) if targets else None, seed=seed,
+                       tables_dir=tables_dir, predictor=predictor, placement_ranking=placement_ranking,
+                       storage=storage)
+    out = Path(out) if out else default_out(cfg)
+    res = run_search(cfg, out=out, workers=workers, ray_address=ray_address, quiet=quiet)
+    run = write_outputs(res, out, measure=measure, quiet=quiet)
+    return SearchRun(out, pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "evaluated.csv"), run, res)
+
+
+# ---------------------------------------------------------------------- accuracy predictor
+def teacher(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
+            space: "str | SearchSpace" = "mobilenetv3_cifar", arch: str = "largest", checkpoint: Optional[str] = None,
+            teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
+            subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
+            quiet: bool = False) -> dict[str, Any]:
+    """``nas teacher``: train the reference network (resumable) or load ``checkpoint``; the report
+    (arch_id, val_top1, test_top1, ...) is also ``<out>/teacher.json``, the network ``<out>/teacher/``."""
+    from .predictor.teacher import train_teacher
+
+    device = _train_device(train_device)
+    return train_teacher(load_space(space), data, out, arch, _recipe("teacher", teacher_epochs, teacher_lr, seed),
+                         checkpoint, subset, quiet=quiet, device=device)
+
+
+def distill(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
+            space: "str | SearchSpace" = "mobilenetv3_cifar", steps: int = 1000, workers: int = 0,
+            ray_address: Optional[str] = None, subset: Optional[int] = None, train_device: str = "cpu",
+            seed: int = 0, quiet: bool = False) -> "pd.DataFrame":
+    """``nas distill``: the block library of ``<out>/teacher``; returns (and writes) ``blocks/block_quality.csv``."""
+    from .predictor.distill import DistillConfig, run_distillation
+
+    device = _train_device(train_device)
+    return run_distillation(load_space(space), Path(out) / "teacher", data, Path(out) / "blocks",
+                            DistillConfig(steps=steps, seed=seed), workers, ray_address, subset, quiet, device)
+
+
+def sample(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
+           space: "str | SearchSpace" = "mobilenetv3_cifar", samples: int = 40, sample_seeds: int = 1,
+           finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None, workers: int = 0,
+           ray_address: Optional[str] = None, subset: Optional[int] = None, train_device: str = "cpu",
+           seed: int = 0, quiet: bool = False) -> "pd.DataFrame":
+    """``nas predictor sample``: fine-tune ``samples`` architectures (stratified by MACs) from the block
+    library, ``sample_seeds`` times each; results go to ``<out>/samples.jsonl`` as they finish. Returns
+    arch_id and mean val_top1 per architecture."""
+    import pandas as pd
+
+    from .predictor.sample import run_sample_seeds, stratified_sample
+
+    device = _train_device(train_device)
+    sp, out = load_space(space), Path(out)
+    pop = stratified_sample(sp, samples, seed)
+    acc = run_sample_seeds(sp, pop, out / "teacher", out / "blocks", data, out / "samples.jsonl",
+                           _recipe("finetune", finetune_epochs, finetune_lr, seed), sample_seeds, workers,
+                           ray_address, subset, quiet, device)
+    return pd.DataFrame({"arch_id": [a.id for a in sp.decode_many(pop)], "val_top1": acc})
+
+
+def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mobilenetv3_cifar", samples: int = 40,
+        sample_seeds: int = 1, finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None,
+        dataset: str = "cifar10", placement_ranking: Optional[str] = None, predictor_out: "str | Path | None" = None,
+        seed: int = 0) -> "Predictor":
+    """``nas predictor fit``: fit the predictor to the fine-tuned samples of ``out`` (the same ``samples``,
+    ``sample_seeds``, recipe and ``seed`` as :func:`sample`); saved to ``predictor_out`` (default
+    ``<out>/predictor.json``)."""
+    from .predictor.distill import load_block_quality
+    from .predictor.fit import fit_predictor
+    from .predictor.sample import mean_accuracy, stratified_sample
+
+    sp, out = load_space(space), Path(out)
+    pop = stratified_sample(sp, samples, seed)
+    acc = mean_accuracy(sp, pop, out / "samples.jsonl", _recipe("finetune", finetune_epochs, finetune_lr, seed),
+                        sample_seeds)
+    nsr = load_block_quality(out / "blocks" / "block_quality.csv", sp)
+    info: dict[str, Any] = {"dataset": dataset, "sample_seeds": sample_seeds}
+    if (out / "teacher.json").exists():
+        from .io import read_json
+
+        t = read_json(out / "teacher.json", "teacher report")
+        info["teacher"] = {k: t[k] for k in ("arch_id", "val_top1", "test_top1")}
+    scores = None
+    if placement_ranking:
+        from .placement import load_placement_scores
+
+        scores = load_placement_scores(sp, placement_ranking)
+    pred = fit_predictor(sp, nsr, pop, acc, info, seed, placement_scores=scores)
+    pred.save(predictor_out or out / "predictor.json")
+    return pred
+
+
+def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
+             space: "str | SearchSpace" = "mobilenetv3_cifar", steps: int = 1000, samples: int = 40,
+             sample_seeds: int = 1, teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
+             finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None, dataset: str = "cifar10",
+             workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
+             train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "Predictor":
+    """``nas pipeline``: teacher, block library, fine-tuned samples and fit in one resumable call;
+    the predictor is saved to ``<out>/predictor.json``."""
+    from .predictor.distill import DistillConfig
+    from .predictor.pipeline import PipelineConfig, run_pipeline
+
+    device = _train_device(train_device)
+    cfg = PipelineConfig(teacher=_recipe("teacher", teacher_epochs, teacher_lr, seed),
+                         distill=DistillConfig(steps=steps, seed=seed),
+                         finetune=_recipe("finetune", finetune_epochs, finetune_lr, seed), samples=samples,
+                         sample_seeds=sample_seeds, seed=seed, subset=subset, dataset=dataset)
+    return run_pipeline(load_space(space), data, out, cfg, workers, ray_address, quiet, device)
+
+
+# ---------------------------------------------------------------------- netadapt, multi-path, placement
+def _load_user_network(space: "SearchSpace", net: Optional[str], checkpoint: Optional[str], arch: Optional[str]):
+    from .export import load_network, load_state_dict_file
+
+    if net:
+        return load_network(net)
+    if not (checkpoint and arch):
+        raise UserError("nas adapt", "give --net DIR, or --checkpoint and --arch", "see nas adapt --help")
+    from .blocks import build_model
+
+    parsed = space.parse_id(arch)
+    model = build_model(parsed)
+    try:
+        model.load_state_dict(load_state_dict_file(checkpoint))
+    except RuntimeError as e:
+        raise UserError(checkpoint, f"weights do not fit {parsed.id}: {str(e).splitlines()[0]}",
+                        "pass the --arch the checkpoint was trained for") from None
+    return parsed, model
+
+
+def adapt(net: Optional[str] = None, *, checkpoint: Optional[str] = None, arch: Optional[str] = None,
+          data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/adapt", space: "str | SearchSpace" = "mobilenetv3_cifar",
+          table: str = "cpu-ort-1t", budget_ms: Optional[float] = None, budget_ratio: Optional[float] = None,
+          short_steps: int = 100, long_epochs: float = 3.0, select: str = "accuracy", no_measure: bool = False,
+          workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
+          train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """``nas adapt``: NetAdapt shrinks a trained network (``net`` folder, or ``checkpoint`` + ``arch``) to a
+    latency budget on ``table`` (device name or CSV); resumable from ``out``. Returns the state: budget_ms,
+    trajectory (table and measured latency, accuracy per iteration), ..."""
+    from .latency import LatencyTable
+    from .netadapt import AdaptConfig, adapt as run_adapt
+
+    device = _train_device(train_device)
+    sp = load_space(space)
+    parsed, model = _load_user_network(sp, net, checkpoint, arch)
+    tab = LatencyTable.load(table, sp) if str(table).endswith(".csv") else LatencyTable.find(sp, table)
+    cfg = AdaptConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, short_steps=short_steps,
+                      long_epochs=long_epochs, select=select, seed=seed)
+    return run_adapt(sp, model, parsed, tab, data, out, cfg, workers, ray_address, subset,
+                     measure=not no_measure, quiet=quiet, device=device)
+
+
+def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "mobilenetv3_cifar", steps: int = 3000,
+              warmup: int = 600, prioritise: str = "lagging", device: Optional[str] = None,
+              latency_weight: float = 0.0, latency_target: Optional[float] = None,
+              share_weight: Optional[float] = None, retrain_epochs: float = 2.0, select_epochs: float = 0.0,
+              workers: int = 0, subset: Optional[int] = None, out: str | Path = "runs/multipath",
+              train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """``nas multipath``: one REINFORCE controller per domain over one supernet, the joint model retrained
+    and saved to ``out``. ``domains``: known names (cifar10, fashion-mnist), ``name=path[:classes]``, or one
+    YAML run file. ``device`` names a latency table for the MnasNet reward term. Returns paths, node_map,
+    accuracy, unique_params, unique_macs, ..."""
+    from .latency import LatencyTable
+    from .multipath import MultipathConfig, parse_domains, run_multipath
+
+    train_on = _train_device(train_device)
+    sp = load_space(space)
+    specs = parse_domains([domains] if isinstance(domains, str) else list(domains))
+    tab = LatencyTable.find(sp, device) if device else None
+    cfg = MultipathConfig(steps=steps, warmup=warmup, prioritise=prioritise, latency_weight=latency_weight,
+                          latency_target=latency_target,
+                          share_weight=MultipathConfig.share_weight if share_weight is None else share_weight,
+                          retrain_epochs=retrain_epochs, select_epochs=select_epochs, seed=seed)
+    return run_multipath(sp, specs, out, cfg, tab, subset, quiet=quiet, workers=workers, device=train_on)
+
+
+def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/pooling", *, models: int = 4,
+                     epochs: float = 20.0, warmup_epochs: float = 0.0, space: Optional[str] = None,
+                     reference: Optional[str] = None, blocks: int = 9, pools: int = 2, base_width: int = 16,
+                     scoring: str = "best", subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
+                     quiet: bool = False) -> "pd.DataFrame":
+    """``nas supernet-mixture``: rank downsampling placements with a balanced mixture of ``models`` supernets
+    (the ResNet20-like pooling space, or ``space``'s own stride placements around ``reference``); the
+    ranking is also ``<out>/placement_ranking_M<models>.csv``."""
+    from .pooling import MixtureConfig, PlacementSpace, StridePlacementSpace, run_mixture
+
+    device = _train_device(train_device)
+    if space:
+        sspace = load_space(space)
+        placements = StridePlacementSpace(sspace, sspace.parse_id(reference) if reference else None)
+    else:
+        placements = PlacementSpace(blocks=blocks, pools=pools, base_width=base_width)
+    cfg = MixtureConfig(models=models, epochs=epochs, seed=seed, warmup_epochs=warmup_epochs)
+    return run_mixture(placements, data, out, cfg, subset, quiet, device, scoring)
+
+
+# ---------------------------------------------------------------------- export
+def export(arch_id: str, out: str | Path = "exported", *, space: "str | SearchSpace" = "mobilenetv3_cifar",
+           run: "str | Path | None" = None, weights: Optional[str] = None, seed: int = 0) -> Path:
+    """``nas export``: the network as safetensors + arch JSON (timm recipe) + ONNX in ``out``. ``run``: take
+    the space from that search run's run.json; ``weights``: load this state_dict (else initialised by ``seed``)."""
+    import torch
+
+    from .blocks import build_model
+    from .export import load_state_dict_file, save_network
+
+    if run:
+        from .io import read_json
+
+        space = read_json(Path(run) / "run.json", "run file")["config"]["space"]
+    arch = load_space(space).parse_id(arch_id)
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    if weights:
+        try:
+            model.load_state_dict(load_state_dict_file(weights))
+        except RuntimeError as e:
+            raise UserError(weights, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
+                            "pass the checkpoint trained for this architecture") from None
+    return save_network(arch, model, out)
