@@ -85,9 +85,15 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         print(f"{a.samples} fine-tuned samples x {a.sample_seeds} seed(s) in {a.out}/samples.jsonl")
         return 0
     pred = api.fit(**_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device", "quiet"))
-    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.meta['cv'][pred.meta['chosen']]['kendall_tau']:.3f})"
-          f" -> {pred.path}")
+    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}")
+    _warn_if_weak(pred)
     return 0
+
+
+def _warn_if_weak(pred) -> None:
+    warning = pred.quality_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 @command("pipeline")
@@ -97,6 +103,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     pred = api.pipeline(**_kwargs(a))
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
           f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
+    _warn_if_weak(pred)
     return 0
 
 

@@ -165,6 +165,19 @@ def test_predictor_json_roundtrip_and_vectorised(mini_space, tmp_path):
     assert again.version != pred.version
 
 
+def test_a_predictor_that_does_not_rank_says_so(mini_space):
+    from nas.predictor.fit import fit_predictor
+
+    good = _toy_predictor(mini_space)
+    assert good.quality_warning() is None
+    rng = np.random.default_rng(0)
+    nsr = [np.zeros(st.n_options) for st in mini_space.stages]  # no signal: every prediction the same
+    flat = fit_predictor(mini_space, nsr, mini_space.sample(rng, 12), rng.random(12), {"dataset": "toy"},
+                         repeats=1, feature_sets={"nsr": ()})
+    warning = flat.quality_warning()
+    assert "barely ranks" in warning and "12 fine-tuned samples" in warning
+
+
 def test_mlp_predictor_roundtrip(mini_space, tmp_path):
     from nas.predictor.fit import fit_mlp
     from nas.predictor.model import predict_from_features

@@ -73,6 +73,22 @@ class Predictor:
     def space_name(self) -> str:
         return self.meta["space"]
 
+    @property
+    def cv_kendall_tau(self) -> float:
+        """Cross-validated Kendall tau of the chosen model on its fit samples (NaN if unknown or undefined)."""
+        score = (self.meta.get("cv") or {}).get(self.meta.get("chosen"), {})
+        return float(score.get("kendall_tau", float("nan")))
+
+    def quality_warning(self, min_tau: float = 0.3) -> Optional[str]:
+        """A sentence for the user when cross-validation says this predictor barely ranks, else None."""
+        tau = self.cv_kendall_tau
+        if tau >= min_tau:
+            return None
+        shown = "undefined (the predictions do not vary)" if tau != tau else f"{tau:.2f}"
+        return (f"cross-validated Kendall tau {shown} on {self.meta.get('n_samples', '?')} fine-tuned samples: "
+                f"this predictor barely ranks architectures; fine-tune more samples (--samples) or longer "
+                f"(--finetune-epochs, and more than --subset images)")
+
     # ------------------------------------------------------------------ binding
     def bind(self, space: SearchSpace) -> "Predictor":
         where = str(self.path or "predictor")
