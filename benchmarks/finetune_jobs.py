@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import time
+from dataclasses import asdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 from predictor_quality import benchmark_sets
 
 from nas.latency.engine import append_jsonl, load_jsonl
+from nas.predictor.pipeline import training_recipe
 from nas.predictor.sample import finetune_arch, recipe_id
 from nas.space import SearchSpace
 from nas.train import TrainConfig
@@ -42,7 +44,8 @@ def plan(a: argparse.Namespace) -> None:
         jobs += [{"file": "heldout.jsonl", "arch_id": arch, "seed": s} for s in (0, 1)]
         if k % 5 == 4 and k // 5 < len(first):
             jobs.append({"file": "heldout_device_check.jsonl", "arch_id": first[k // 5], "seed": 0})
-    finetune = {"epochs": a.finetune_epochs, "lr": a.finetune_lr, "warmup_epochs": 0.1}
+    finetune = {k: v for k, v in asdict(training_recipe("finetune", a.finetune_epochs, a.finetune_lr)).items()
+                if k != "seed"}
     Path(a.jobs).write_text(json.dumps({"finetune": finetune, "jobs": jobs}, indent=0))
     print(f"{len(jobs)} jobs -> {a.jobs}")
 
@@ -83,8 +86,8 @@ def main() -> None:
     p.add_argument("--extra-samples", type=int, default=40)
     p.add_argument("--heldout", type=int, default=20)
     p.add_argument("--heldout-extra", type=int, default=100)
-    p.add_argument("--finetune-epochs", type=float, default=2.0)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--finetune-epochs", type=float, default=None, help="default: the pipeline's recipe")
+    p.add_argument("--finetune-lr", type=float, default=None, help="default: the pipeline's recipe")
     p.add_argument("--jobs", required=True)
     r = sub.add_parser("run")
     r.add_argument("--jobs", required=True)

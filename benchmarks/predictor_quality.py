@@ -30,10 +30,10 @@ from nas.latency.engine import load_jsonl
 from nas.predictor.distill import DistillConfig, distill_stage, load_block_quality
 from nas.predictor.fit import fit_predictor, fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
-from nas.predictor.pipeline import PipelineConfig, run_pipeline
+from nas.predictor.pipeline import PipelineConfig, run_pipeline, training_recipe
 from nas.predictor.sample import mean_accuracy, recipe_id, run_sample_seeds, run_samples, stratified_sample
 from nas.space import SearchSpace
-from nas.train import TrainConfig, resolve_device
+from nas.train import resolve_device
 
 
 def rank_figures(pred: np.ndarray, acc: np.ndarray) -> dict:
@@ -187,9 +187,9 @@ def main() -> None:
     ap.add_argument("--heldout-extra", type=int, default=0,
                     help="a second held-out draw of this many networks (seed 2000, disjoint from every other set), "
                          "fine-tuned the same way; the headline figures then cover both draws")
-    ap.add_argument("--teacher-epochs", type=float, default=15)
-    ap.add_argument("--finetune-epochs", type=float, default=2.0)
-    ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--teacher-epochs", type=float, default=None, help="default: the pipeline's recipe")
+    ap.add_argument("--finetune-epochs", type=float, default=None, help="default: the pipeline's recipe")
+    ap.add_argument("--finetune-lr", type=float, default=None, help="default: the pipeline's recipe")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--separate-options", type=int, default=8, help="options distilled alone for the comparison (0 skips it)")
     ap.add_argument("--workers", type=int, default=0)
@@ -201,9 +201,9 @@ def main() -> None:
 
     space = SearchSpace.load("mobilenetv3_cifar")
     out = Path(a.out)
-    cfg = PipelineConfig(teacher=TrainConfig(epochs=a.teacher_epochs, lr=0.1),
+    cfg = PipelineConfig(teacher=training_recipe("teacher", a.teacher_epochs),
                          distill=DistillConfig(steps=a.distill_steps),
-                         finetune=TrainConfig(epochs=a.finetune_epochs, lr=a.finetune_lr, warmup_epochs=0.1),
+                         finetune=training_recipe("finetune", a.finetune_epochs, a.finetune_lr),
                          samples=a.samples, sample_seeds=a.sample_seeds, subset=a.subset)
     device = resolve_device(a.train_device)
     pred = run_pipeline(space, a.data, out, cfg, workers=a.workers, device=device)

@@ -13,7 +13,7 @@ imported by the functions that need them, so ``import nas.api`` is quick.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -50,12 +50,10 @@ def _train_device(train_device: str) -> str:
     return resolve_device(train_device)
 
 
-def _recipe(prefix: str, epochs: Optional[float], lr: Optional[float], seed: int):
-    """The pipeline's ``teacher`` or ``finetune`` training recipe with the given epochs, lr and seed."""
-    from .predictor.pipeline import PipelineConfig
+def _recipe(phase: str, epochs: Optional[float], lr: Optional[float], seed: int):
+    from .predictor.pipeline import training_recipe
 
-    kw = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
-    return replace(getattr(PipelineConfig(), prefix), **kw, seed=seed)
+    return training_recipe(phase, epochs, lr, seed)
 
 
 # ---------------------------------------------------------------------- latency tables

@@ -7,7 +7,7 @@ the same command again after an interruption continues where it stopped. Phase w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +31,13 @@ class PipelineConfig:
     seed: int = 0
     subset: Optional[int] = None
     dataset: str = "cifar10"
+
+
+def training_recipe(phase: str, epochs: Optional[float] = None, lr: Optional[float] = None,
+                    seed: int = 0) -> TrainConfig:
+    """The pipeline's ``teacher`` or ``finetune`` recipe, with ``epochs`` and ``lr`` where given."""
+    kw = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    return replace(getattr(PipelineConfig(), phase), **kw, seed=seed)
 
 
 def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig(),
