@@ -64,8 +64,9 @@ def image_noise_figures(predicted: np.ndarray, log_macs: np.ndarray, val: np.nda
 
 
 def benchmark_sets(space: SearchSpace, samples: int, extra_samples: int, heldout: int, heldout_extra: int,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The fit samples, the extra fit samples and the held-out draws, each disjoint from the others."""
+                   seed: int = 0, more_samples: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The fit samples, the extra fit samples and the held-out draws, each disjoint from the others.
+    ``more_samples``: a third fit draw (seed 3000, disjoint from all of those), appended to the extra samples."""
     fit_pop = stratified_sample(space, samples, seed)
     fit_ids = {x.id for x in space.decode_many(fit_pop)}
     held = stratified_sample(space, heldout, seed=1000, exclude=fit_ids)
@@ -76,6 +77,9 @@ def benchmark_sets(space: SearchSpace, samples: int, extra_samples: int, heldout
     if heldout_extra:
         taken = fit_ids | held_ids | {x.id for x in space.decode_many(extra)}
         draws.append(stratified_sample(space, heldout_extra, seed=2000, exclude=taken))
+    if more_samples:
+        taken = fit_ids | {x.id for d in (extra, *draws) for x in space.decode_many(d)}
+        extra = np.concatenate([extra, stratified_sample(space, more_samples, seed=3000, exclude=taken)])
     return fit_pop, extra, draws
 
 
@@ -181,6 +185,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--extra-samples", type=int, default=0,
                     help="fine-tune this many more fit samples (a second stratified draw) and refit on all of them")
+    ap.add_argument("--more-samples", type=int, default=0,
+                    help="a third stratified fit draw of this many networks (seed 3000), fine-tuned and fitted like "
+                         "the extra samples")
     ap.add_argument("--sample-seeds", type=int, default=1,
                     help="fine-tune every fit sample with this many seeds and fit the predictor on their mean")
     ap.add_argument("--heldout", type=int, default=20)
@@ -209,7 +216,8 @@ def main() -> None:
     pred = run_pipeline(space, a.data, out, cfg, workers=a.workers, device=device)
     log = read_json(out / "pipeline.json")
 
-    fit_pop, extra, draws = benchmark_sets(space, a.samples, a.extra_samples, a.heldout, a.heldout_extra, cfg.seed)
+    fit_pop, extra, draws = benchmark_sets(space, a.samples, a.extra_samples, a.heldout, a.heldout_extra, cfg.seed,
+                                           a.more_samples)
     t0 = time.time()
     truth = [heldout_truth(space, d, out, a, cfg, device, f" draw {k + 1}" if len(draws) > 1 else "")
              for k, d in enumerate(draws)]
@@ -219,7 +227,7 @@ def main() -> None:
     test_accs = np.concatenate([t[1] for t in truth], axis=1)
     acc = accs.mean(0)
 
-    if a.extra_samples:
+    if len(extra):
         run_sample_seeds(space, extra, out / "teacher", out / "blocks", a.data, out / "samples.jsonl", cfg.finetune,
                          a.sample_seeds, a.workers, subset=a.subset, device=device)
         fit_pop = np.concatenate([fit_pop, extra])
@@ -229,7 +237,7 @@ def main() -> None:
     sample_recs = [r for r in load_jsonl(str(out / "samples.jsonl")) if r.get("recipe") == recipe
                    and r["arch_id"] in used_ids and r.get("seed", 0) < a.sample_seeds]
     fit_acc = mean_accuracy(space, fit_pop, out / "samples.jsonl", cfg.finetune, a.sample_seeds)
-    if a.extra_samples:
+    if len(extra):
         kept = ("dataset", "teacher", "finetune", "distill", "samples_file", "sample_seeds")
         info = {k: pred.meta[k] for k in kept if k in pred.meta}
         nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
