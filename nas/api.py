@@ -50,12 +50,6 @@ def _train_device(train_device: str) -> str:
     return resolve_device(train_device)
 
 
-def _recipe(phase: str, epochs: Optional[float], lr: Optional[float], seed: int):
-    from .predictor.pipeline import training_recipe
-
-    return training_recipe(phase, epochs, lr, seed)
-
-
 # ---------------------------------------------------------------------- latency tables
 def _protocol(rounds: int, chunk: int, target_ms: float, spread_tol: float, seed: int):
     from .latency.profile import Protocol
@@ -129,7 +123,8 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
         try:
             targets = [float(t) for t in targets.split(",")]
         except ValueError:
-            raise UserError("--targets", f"cannot parse {targets!r}", "comma-separated numbers, e.g. 0.1,0.15") from None
+            raise UserError("--targets", f"cannot parse {targets!r}",
+                            "comma-separated numbers, e.g. 0.1,0.15") from None
     cfg = SearchConfig(space=space, table=table, decisions=_names(decisions),
                        objectives=_names(objectives) or default_objectives(space, table, predictor),
                        constraints=[constraints] if isinstance(constraints, str) else list(constraints),
@@ -151,11 +146,12 @@ def teacher(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor"
             quiet: bool = False) -> dict[str, Any]:
     """``nas teacher``: train the reference network (resumable) or load ``checkpoint``; the report
     (arch_id, val_top1, test_top1, ...) is also ``<out>/teacher.json``, the network ``<out>/teacher/``."""
+    from .predictor.pipeline import training_recipe
     from .predictor.teacher import train_teacher
 
     device = _train_device(train_device)
-    return train_teacher(load_space(space), data, out, arch, _recipe("teacher", teacher_epochs, teacher_lr, seed),
-                         checkpoint, subset, quiet=quiet, device=device)
+    recipe = training_recipe("teacher", teacher_epochs, teacher_lr, seed)
+    return train_teacher(load_space(space), data, out, arch, recipe, checkpoint, subset, quiet=quiet, device=device)
 
 
 def distill(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
@@ -180,13 +176,14 @@ def sample(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor",
     arch_id and mean val_top1 per architecture."""
     import pandas as pd
 
+    from .predictor.pipeline import training_recipe
     from .predictor.sample import run_sample_seeds, stratified_sample
 
     device = _train_device(train_device)
     sp, out = load_space(space), Path(out)
     pop = stratified_sample(sp, samples, seed)
     acc = run_sample_seeds(sp, pop, out / "teacher", out / "blocks", data, out / "samples.jsonl",
-                           _recipe("finetune", finetune_epochs, finetune_lr, seed), sample_seeds, workers,
+                           training_recipe("finetune", finetune_epochs, finetune_lr, seed), sample_seeds, workers,
                            ray_address, subset, quiet, device)
     return pd.DataFrame({"arch_id": [a.id for a in sp.decode_many(pop)], "val_top1": acc})
 
@@ -200,12 +197,13 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
     ``<out>/predictor.json``)."""
     from .predictor.distill import load_block_quality
     from .predictor.fit import fit_predictor
+    from .predictor.pipeline import training_recipe
     from .predictor.sample import mean_accuracy, stratified_sample
 
     sp, out = load_space(space), Path(out)
     pop = stratified_sample(sp, samples, seed)
-    acc = mean_accuracy(sp, pop, out / "samples.jsonl", _recipe("finetune", finetune_epochs, finetune_lr, seed),
-                        sample_seeds)
+    recipe = training_recipe("finetune", finetune_epochs, finetune_lr, seed)
+    acc = mean_accuracy(sp, pop, out / "samples.jsonl", recipe, sample_seeds)
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", sp)
     info: dict[str, Any] = {"dataset": dataset, "sample_seeds": sample_seeds}
     if (out / "teacher.json").exists():
@@ -232,12 +230,12 @@ def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor
     """``nas pipeline``: teacher, block library, fine-tuned samples and fit in one resumable call;
     the predictor is saved to ``<out>/predictor.json``."""
     from .predictor.distill import DistillConfig
-    from .predictor.pipeline import PipelineConfig, run_pipeline
+    from .predictor.pipeline import PipelineConfig, run_pipeline, training_recipe
 
     device = _train_device(train_device)
-    cfg = PipelineConfig(teacher=_recipe("teacher", teacher_epochs, teacher_lr, seed),
+    cfg = PipelineConfig(teacher=training_recipe("teacher", teacher_epochs, teacher_lr, seed),
                          distill=DistillConfig(steps=steps, seed=seed),
-                         finetune=_recipe("finetune", finetune_epochs, finetune_lr, seed), samples=samples,
+                         finetune=training_recipe("finetune", finetune_epochs, finetune_lr, seed), samples=samples,
                          sample_seeds=sample_seeds, seed=seed, subset=subset, dataset=dataset)
     return run_pipeline(load_space(space), data, out, cfg, workers, ray_address, quiet, device)
 
@@ -263,7 +261,8 @@ def _load_user_network(space: "SearchSpace", net: Optional[str], checkpoint: Opt
 
 
 def adapt(net: Optional[str] = None, *, checkpoint: Optional[str] = None, arch: Optional[str] = None,
-          data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/adapt", space: "str | SearchSpace" = "mobilenetv3_cifar",
+          data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/adapt",
+          space: "str | SearchSpace" = "mobilenetv3_cifar",
           table: str = "cpu-ort-1t", budget_ms: Optional[float] = None, budget_ratio: Optional[float] = None,
           short_steps: int = 100, long_epochs: float = 3.0, select: str = "accuracy", no_measure: bool = False,
           workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
