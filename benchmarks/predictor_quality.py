@@ -30,7 +30,7 @@ from nas.latency.engine import load_jsonl
 from nas.predictor.distill import DistillConfig, distill_stage, load_block_quality
 from nas.predictor.fit import fit_predictor, fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
-from nas.predictor.pipeline import PipelineConfig, run_pipeline, training_recipe
+from nas.predictor.pipeline import PipelineConfig, provenance, run_pipeline, training_recipe
 from nas.predictor.sample import mean_accuracy, recipe_id, run_sample_seeds, run_samples, stratified_sample
 from nas.space import SearchSpace
 from nas.train import resolve_device
@@ -238,8 +238,7 @@ def main() -> None:
                    and r["arch_id"] in used_ids and r.get("seed", 0) < a.sample_seeds]
     fit_acc = mean_accuracy(space, fit_pop, out / "samples.jsonl", cfg.finetune, a.sample_seeds)
     if len(extra):
-        kept = ("dataset", "teacher", "finetune", "distill", "samples_file", "sample_seeds")
-        info = {k: pred.meta[k] for k in kept if k in pred.meta}
+        info = provenance(out, cfg.dataset, cfg.finetune, a.sample_seeds)
         nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
         pred = fit_predictor(space, nsr, fit_pop, fit_acc, info, cfg.seed)
         pred.save(out / f"predictor_m{len(fit_pop)}.json")

@@ -197,7 +197,7 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
     ``<out>/predictor.json``)."""
     from .predictor.distill import load_block_quality
     from .predictor.fit import fit_predictor
-    from .predictor.pipeline import training_recipe
+    from .predictor.pipeline import provenance, training_recipe
     from .predictor.sample import mean_accuracy, stratified_sample
 
     sp, out = load_space(space), Path(out)
@@ -205,12 +205,7 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
     recipe = training_recipe("finetune", finetune_epochs, finetune_lr, seed)
     acc = mean_accuracy(sp, pop, out / "samples.jsonl", recipe, sample_seeds)
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", sp)
-    info: dict[str, Any] = {"dataset": dataset, "sample_seeds": sample_seeds}
-    if (out / "teacher.json").exists():
-        from .io import read_json
-
-        t = read_json(out / "teacher.json", "teacher report")
-        info["teacher"] = {k: t[k] for k in ("arch_id", "val_top1", "test_top1")}
+    info = provenance(out, dataset, recipe, sample_seeds)
     scores = None
     if placement_ranking:
         from .placement import load_placement_scores

@@ -40,6 +40,20 @@ def training_recipe(phase: str, epochs: Optional[float] = None, lr: Optional[flo
     return replace(getattr(PipelineConfig(), phase), **kw, seed=seed)
 
 
+def provenance(out: str | Path, dataset: str, finetune: TrainConfig, sample_seeds: int) -> dict[str, Any]:
+    """What a predictor fitted on the samples in ``out`` records of how they were made: dataset, teacher,
+    distillation and fine-tune recipes."""
+    out = Path(out)
+    info: dict[str, Any] = {"dataset": dataset, "finetune": asdict(finetune), "samples_file": "samples.jsonl",
+                            "sample_seeds": sample_seeds}
+    if (out / "teacher.json").exists():
+        report = read_json(out / "teacher.json", "teacher report")
+        info["teacher"] = {k: report[k] for k in ("arch_id", "val_top1", "test_top1")}
+    if (out / "blocks" / "distill.json").exists():
+        info["distill"] = read_json(out / "blocks" / "distill.json", "distillation log")["config"]
+    return info
+
+
 def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig(),
                  workers: int = 0, ray_address: Optional[str] = None, quiet: bool = False,
                  device: str = "cpu") -> Predictor:
@@ -73,8 +87,7 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
                                                     out / "samples.jsonl", cfg.finetune, cfg.sample_seeds, workers,
                                                     ray_address, cfg.subset, quiet, device))
     nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-    info = {"dataset": cfg.dataset, "teacher": log["teacher"], "finetune": asdict(cfg.finetune),
-            "distill": asdict(cfg.distill), "samples_file": "samples.jsonl", "sample_seeds": cfg.sample_seeds}
+    info = provenance(out, cfg.dataset, cfg.finetune, cfg.sample_seeds)
     pred = phase("fit", lambda: fit_predictor(space, nsr, pop, acc, info, cfg.seed))
     pred.save(out / "predictor.json")
     log["predictor"] = {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"][pred.meta["chosen"]]}
