@@ -269,10 +269,11 @@ def main() -> None:
                     and r["arch_id"] in all_held and r["seed"] in (0, 1)]  # the fine-tunes in the figures
     cpu_recs = [r for r in heldout_recs if device_of(r) == "cpu"]
     compute = {"distill_stage_train_s": [round(r["train_seconds"], 1) for r in distill_log],
-               "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs), 1),
+               "samples_finetune_s_total": round(sum(r["seconds"] for r in sample_recs if device_of(r) == "cpu"), 1),
+               "samples_finetunes": sum(device_of(r) == "cpu" for r in sample_recs),
                "heldout_finetune_s_total": round(sum(r["seconds"] for r in cpu_recs), 1),
                "heldout_finetunes": len(cpu_recs),
-               "note": "CPU fine-tunes only; heldout_devices says how many ran elsewhere"}
+               "note": "CPU fine-tunes only; sample_devices and heldout_devices say how many ran elsewhere"}
     if separate_train_s:
         phases["separate_distillation_comparison"] = round(float(np.sum(separate_train_s)), 1)
     figures = {"n_heldout": int(len(held)), **rank_figures(predicted, acc), "vs_seed0_only": rank_figures(predicted, accs[0]),
@@ -293,6 +294,7 @@ def main() -> None:
         figures["draws"] = draw_figures(draws, predicted, accs, baselines_pred)
     figures["repeat_ceiling_tau"] = repeat_ceiling_tau(accs.tolist())
     figures["heldout_devices"] = dict(Counter(device_of(r) for r in heldout_recs))
+    figures["sample_devices"] = dict(Counter(device_of(r) for r in sample_recs))
     check = device_check(out, recipe)
     if check:
         figures["device_check"] = check
