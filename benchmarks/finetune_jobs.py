@@ -19,8 +19,8 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from dataclasses import asdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
