@@ -8,16 +8,18 @@ same defaults, same files written. The command line only parses arguments, calls
     table = api.profile("mobilenetv3_cifar", "cpu-ort-1t", validate=80)
     predictor = api.pipeline("cifar10.npz", "runs/predictor", workers=2)
 
-Mistakes raise :class:`nas.UserError` (one line: what, where, and the fix). Heavy libraries (torch, Ray) are
+Mistakes raise :class:`nas.UserError` (one line: what, where, and the fix); a fitted predictor that barely
+ranks comes with a :class:`nas.errors.WeakPredictorWarning`. Heavy libraries (torch, Ray) are
 imported by the functions that need them, so ``import nas.api`` is quick.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .errors import UserError
+from .errors import UserError, WeakPredictorWarning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -213,7 +215,7 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
         scores = load_placement_scores(sp, placement_ranking)
     pred = fit_predictor(sp, nsr, pop, acc, info, seed, placement_scores=scores)
     pred.save(predictor_out or out / "predictor.json")
-    return pred
+    return _warn_if_weak(pred)
 
 
 def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
@@ -232,7 +234,14 @@ def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor
                          distill=DistillConfig(steps=steps, seed=seed),
                          finetune=training_recipe("finetune", finetune_epochs, finetune_lr, seed), samples=samples,
                          sample_seeds=sample_seeds, seed=seed, subset=subset, dataset=dataset)
-    return run_pipeline(load_space(space), data, out, cfg, workers, ray_address, quiet, device)
+    return _warn_if_weak(run_pipeline(load_space(space), data, out, cfg, workers, ray_address, quiet, device))
+
+
+def _warn_if_weak(pred: "Predictor") -> "Predictor":
+    message = pred.quality_warning()
+    if message:
+        warnings.warn(message, WeakPredictorWarning, stacklevel=3)
+    return pred
 
 
 # ---------------------------------------------------------------------- netadapt, multi-path, placement

@@ -84,26 +84,34 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         api.sample(**_kwargs(a, "action", "dataset", "predictor_out", "placement_ranking"))
         print(f"{a.samples} fine-tuned samples x {a.sample_seeds} seed(s) in {a.out}/samples.jsonl")
         return 0
-    pred = api.fit(**_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device", "quiet"))
+    pred = _fitted(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
+                                      "quiet"))
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}")
-    _warn_if_weak(pred)
     return 0
 
 
-def _warn_if_weak(pred) -> None:
-    warning = pred.quality_warning()
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+def _fitted(fit: Callable, **kwargs):
+    """``fit(**kwargs)`` with its WeakPredictorWarning printed as the CLI's one ``warning:`` line."""
+    import warnings
+
+    from .errors import WeakPredictorWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeakPredictorWarning)
+        pred = fit(**kwargs)
+    message = pred.quality_warning()
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+    return pred
 
 
 @command("pipeline")
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from . import api
 
-    pred = api.pipeline(**_kwargs(a))
+    pred = _fitted(api.pipeline, **_kwargs(a))
     print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
           f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
-    _warn_if_weak(pred)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""One exception type for user mistakes; the CLI prints it on one line and exits with code 2."""
+"""One exception type for user mistakes (the CLI prints it on one line and exits with code 2), and the warnings
+the library gives about results that are legal but of little use."""
 from __future__ import annotations
 
 
@@ -21,3 +22,7 @@ class UserError(Exception):
     def one_line(self) -> str:
         text = f"{self.where}: {self.what}"
         return f"{text} ({self.fix})" if self.fix else text
+
+
+class WeakPredictorWarning(UserWarning):
+    """A fitted predictor barely ranks under cross-validation; the message says what to raise."""

@@ -177,6 +177,17 @@ def test_a_predictor_that_does_not_rank_says_so(mini_space):
     warning = flat.quality_warning()
     assert "barely ranks" in warning and "12 fine-tuned samples" in warning
 
+    import warnings
+
+    from nas import api
+    from nas.errors import WeakPredictorWarning
+
+    with pytest.warns(WeakPredictorWarning, match="barely ranks"):  # what api.fit and api.pipeline return through
+        assert api._warn_if_weak(flat) is flat
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api._warn_if_weak(good)
+
 
 def test_mlp_predictor_roundtrip(mini_space, tmp_path):
     from nas.predictor.fit import fit_mlp
