@@ -246,7 +246,7 @@ def _warn_if_weak(pred: "Predictor") -> "Predictor":
 
 # ---------------------------------------------------------------------- netadapt, multi-path, placement
 def _load_user_network(space: "SearchSpace", net: Optional[str], checkpoint: Optional[str], arch: Optional[str]):
-    from .export import load_network, load_state_dict_file
+    from .export import load_network, load_user_weights
 
     if net:
         return load_network(net)
@@ -256,11 +256,7 @@ def _load_user_network(space: "SearchSpace", net: Optional[str], checkpoint: Opt
 
     parsed = space.parse_id(arch)
     model = build_model(parsed)
-    try:
-        model.load_state_dict(load_state_dict_file(checkpoint))
-    except RuntimeError as e:
-        raise UserError(checkpoint, f"weights do not fit {parsed.id}: {str(e).splitlines()[0]}",
-                        "pass the --arch the checkpoint was trained for") from None
+    load_user_weights(model, checkpoint, parsed.id, "pass the --arch the checkpoint was trained for")
     return parsed, model
 
 
@@ -339,7 +335,7 @@ def export(arch_id: str, out: str | Path = "exported", *, space: "str | SearchSp
     import torch
 
     from .blocks import build_model
-    from .export import load_state_dict_file, save_network
+    from .export import load_user_weights, save_network
 
     if run:
         from .io import read_json
@@ -349,9 +345,5 @@ def export(arch_id: str, out: str | Path = "exported", *, space: "str | SearchSp
     torch.manual_seed(seed)
     model = build_model(arch)
     if weights:
-        try:
-            model.load_state_dict(load_state_dict_file(weights))
-        except RuntimeError as e:
-            raise UserError(weights, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
-                            "pass the checkpoint trained for this architecture") from None
+        load_user_weights(model, weights, arch.id, "pass the checkpoint trained for this architecture")
     return save_network(arch, model, out)

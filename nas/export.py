@@ -82,8 +82,6 @@ def save_network(arch: Arch, model: nn.Module, out_dir: str | os.PathLike, onnx:
 
 def load_network(net_dir: str | os.PathLike) -> tuple[Arch, nn.Module]:
     """Load a network saved by :func:`save_network` (safetensors only, never pickles)."""
-    from safetensors.torch import load_file
-
     from .blocks import build_model
 
     net_dir = Path(net_dir)
@@ -92,11 +90,7 @@ def load_network(net_dir: str | os.PathLike) -> tuple[Arch, nn.Module]:
     if not weights.exists():
         raise UserError(weights, "weights not found", "export the network again with nas export")
     model = build_model(arch)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise UserError(weights, f"weights do not fit the architecture: {str(e).splitlines()[0]}",
-                        "save weights and arch.json together") from None
+    load_user_weights(model, weights, arch.id, "save weights and arch.json together")
     return arch, model.eval()
 
 
@@ -119,4 +113,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise UserError(path, "checkpoint is not a state_dict", "save model.state_dict()")
     return obj
+
+
+def load_user_weights(model: torch.nn.Module, path: str | os.PathLike, arch_id: str, fix: str) -> None:
+    """Load the checkpoint at ``path`` into ``model`` (of ``arch_id``); weights of another shape are a
+    UserError that says ``fix``."""
+    try:
+        model.load_state_dict(load_state_dict_file(path))
+    except RuntimeError as e:
+        raise UserError(path, f"weights do not fit {arch_id}: {str(e).splitlines()[0]}", fix) from None
 

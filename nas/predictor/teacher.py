@@ -9,7 +9,7 @@ import torch
 
 from ..blocks import build_model
 from ..errors import UserError
-from ..export import load_network, load_state_dict_file, save_network
+from ..export import load_network, load_user_weights, save_network
 from ..io import read_json, write_json
 from ..space import SearchSpace
 from ..train import TrainConfig, evaluate, train_model
@@ -41,11 +41,7 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
     model = build_model(arch)
     history: dict[str, Any] = {}
     if checkpoint:
-        try:
-            model.load_state_dict(load_state_dict_file(checkpoint))
-        except RuntimeError as e:
-            raise UserError(checkpoint, f"weights do not fit {arch.id}: {str(e).splitlines()[0]}",
-                            "pass --arch for the checkpoint's architecture") from None
+        load_user_weights(model, checkpoint, arch.id, "pass --arch for the checkpoint's architecture")
     else:
         history = train_model(model, data.train, cfg, checkpoint=out / "teacher.ckpt", desc="teacher", quiet=quiet,
                               device=device)
