@@ -11,12 +11,13 @@ populations are scored with numpy. :class:`Arch` is the readable, frozen form of
 """
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -212,8 +213,10 @@ class SearchSpace(EncodedSpace):
     """
 
     def __init__(self, name: str, frame: Frame, stages: Sequence[StageSpec],
-                 placements: Sequence[tuple[int, ...]], source: str = "<dict>"):
+                 placements: Sequence[tuple[int, ...]], source: str = "<dict>",
+                 config: Optional[dict[str, Any]] = None):
         self.name, self.frame, self.stages, self.source = name, frame, tuple(stages), source
+        self.config = copy.deepcopy(config)  # the YAML mapping it was parsed from: bundles carry it
         self.placements = tuple(tuple(p) for p in placements)
         self.searches_strides = len(self.placements) > 1
         decisions = [Decision(f"{st.name}.{d}", st.choices(d)) for st in self.stages for d in STAGE_DECISIONS]
@@ -524,7 +527,7 @@ def _parse_space(cfg: Any, source: str) -> SearchSpace:
     if len({st.name for st in stages}) != len(stages):
         raise UserError(source, "stage names must be unique", "rename the stages")
     placements = _placements(cfg, stages, frame, source)
-    return SearchSpace(name, frame, stages, placements, source)
+    return SearchSpace(name, frame, stages, placements, source, cfg)
 
 
 def _parse_stage(i: int, raw: Any, defaults: dict, divisor: int, source: str) -> StageSpec:

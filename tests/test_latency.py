@@ -150,9 +150,10 @@ def test_bundle_round_trip_with_standalone_runner(tiny_space, tmp_path):
     out = subprocess.run([sys.executable, "-I", str(bundle / "run_bundle.py"), str(bundle), "--quiet"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    with pytest.raises(UserError, match="no such search space"):
-        import_results(bundle, tmp_path / "tables")  # tiny is not a shipped space: must be given
-    table = import_results(bundle, tmp_path / "tables", space=tiny_space)
+    changed = SearchSpace.from_dict({**TINY_SPACE, "num_classes": 5}, source="tiny-edited.yaml")
+    with pytest.raises(UserError, match="another version of space tiny"):
+        import_results(bundle, tmp_path / "tables", space=changed)
+    table = import_results(bundle, tmp_path / "tables")  # tiny is not shipped: the bundle carries its YAML
     assert table.device == "board-ort-1t" and len(table.rows) == len(enumerate_entries(tiny_space, "stage"))
     assert table.meta["validation"]["networks"] == 8
     assert (tmp_path / "tables" / "tiny" / "board-ort-1t.validation.csv").exists()

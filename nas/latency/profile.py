@@ -311,7 +311,8 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
             manifest_entries.append({"key": it.key, "file": files[base], "input_shape": list(it.input_shape)})
             bar.advance(task)
     manifest = {"format": "hwnas-latency-bundle", "version": 1, "space": space.name,
-                "space_signature": space.signature(), "device": device, "granularity": granularity,
+                "space_signature": space.signature(), "space_config": space.config,
+                "device": device, "granularity": granularity,
                 "validation": {"networks": pop.tolist(), "fit_networks": fit_networks},
                 "reference": {"key": ref.key, "file": ref_file, "input_shape": list(ref.input_shape(batch, space))},
                 "protocol": {**asdict(protocol), "threads": threads, "batch": batch},
@@ -332,7 +333,7 @@ def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
     manifest = read_json(bundle / "manifest.json", "bundle manifest")
     if manifest.get("format") != "hwnas-latency-bundle":
         raise UserError(bundle / "manifest.json", "not an hwnas latency bundle", "point at a folder made by --export-bundle")
-    space = space or SearchSpace.load(manifest["space"])
+    space = space or bundle_space(bundle, manifest)
     if manifest["space_signature"] != space.signature():
         raise UserError(bundle, f"bundle was made for another version of space {space.name}",
                         "export a new bundle for the current space")
@@ -366,6 +367,13 @@ def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
     if len(pop):
         record_validation(table, pop, records, int(manifest["validation"]["fit_networks"]))
     return table
+
+
+def bundle_space(bundle: Path, manifest: dict) -> SearchSpace:
+    """The space a bundle was made for: the YAML mapping it carries, or (older bundles) the shipped space's name."""
+    if manifest.get("space_config") is not None:
+        return SearchSpace.from_dict(manifest["space_config"], source=f"{bundle / 'manifest.json'} (space_config)")
+    return SearchSpace.load(manifest["space"])
 
 
 def describe(table: LatencyTable) -> str:
