@@ -28,5 +28,5 @@ def load_placement_scores(space: SearchSpace, path: str | os.PathLike) -> np.nda
     missing = [n for n in names if n not in score]
     if missing:
         raise UserError(where, f"no score for placement(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
-                        f"rank every placement of {space.name} with nas supernet-mixture --space {space.name}")
+                        f"rank every placement of {space.name} with nas supernet-mixture --space {space.cli_name}")
     return np.array([score[n] for n in names])

@@ -238,6 +238,14 @@ class SearchSpace(EncodedSpace):
         return _parse_space(cfg, source)
 
     @property
+    def cli_name(self) -> str:
+        """How a command line names this space: a shipped space by name, a space of your own by its YAML path."""
+        src = Path(self.source)
+        if src.suffix in (".yaml", ".yml") and src.exists() and src.resolve().parent != shipped_dir("search_spaces").resolve():
+            return str(self.source)
+        return self.name
+
+    @property
     def cardinality(self) -> int:
         return math.prod(int(n) for n in self.n_choices)
 

@@ -137,7 +137,16 @@ def test_malformed_table_csv(tmp_path, tiny_space):
 def test_unknown_device_names_known_ones(cifar_space):
     with pytest.raises(UserError) as e:
         LatencyTable.find(cifar_space, "phone-ort-4t")
-    assert "cpu-ort-1t" in str(e.value) and "nas profile" in str(e.value)
+    assert "cpu-ort-1t" in str(e.value) and "nas profile --space mobilenetv3_cifar " in str(e.value)
+
+
+def test_missing_table_of_own_space_suggests_its_yaml_path(tmp_path, monkeypatch):
+    import yaml
+
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="nas profile --space mine.yaml --device cpu-ort-1t"):
+        LatencyTable.find(SearchSpace.load("mine.yaml"), "cpu-ort-1t")
 
 
 def test_bundle_round_trip_with_standalone_runner(tiny_space, tmp_path):
