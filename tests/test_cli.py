@@ -46,6 +46,15 @@ def test_unusable_train_device_fails_before_any_work(argv, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("mode", [[], ["--export-bundle", "bundle"]])
+def test_too_few_validation_networks_fail_before_any_timing(mode, tmp_path, capsys):
+    argv = ["profile", "--space", "mobilenetv3_cifar", "--device", "cpu-ort-1t", "--validate", "12",
+            "--out-root", str(tmp_path / "tables"), *mode]
+    assert main([*argv[:-1], str(tmp_path / argv[-1])] if mode else argv) == 2
+    assert "--fit-networks=30" in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_space_file_through_console_script(tmp_path):
     bad = tmp_path / "space.yaml"
     bad.write_text("name: x\nstages: [\n")

@@ -158,6 +158,8 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
         raise UserError("--granularity", f"unknown granularity {granularity!r}", f"use one of {GRANULARITIES}")
     if batch < 1:
         raise UserError("--batch", f"must be at least 1, got {batch}", "give a positive batch size")
+    if validate:
+        check_validation_size(validate, fit_networks)
     be = resolve_device(device, backend, threads)
     fp = engine.fingerprint(device, be.name, be.version, be.provider, be.threads, batch)
     csv = table_path(space.name, device, out_root)
@@ -230,13 +232,18 @@ def validation_sample(space: SearchSpace, n: int, seed: int) -> np.ndarray:
     return pop[rng.permutation(len(pop))[:n]]
 
 
+def check_validation_size(n: int, fit_networks: int) -> None:
+    """Before any timing: ``n`` validation networks must leave some held out of the correction's fit."""
+    if fit_networks < 0 or n <= fit_networks:
+        raise UserError("--validate", f"needs more than --fit-networks={fit_networks} networks, got {n}",
+                        "raise --validate (e.g. 80) so that held-out networks remain")
+
+
 def validate_table(table: LatencyTable, timer: Timer, n: int, fit_networks: int = 30, seed: int = 12345,
                    quiet: bool = False) -> dict[str, Any]:
     """Measure ``n`` random whole networks twice end to end and compare them with the table."""
     space = table.space
-    if n <= fit_networks:
-        raise UserError("--validate", f"needs more than --fit-networks={fit_networks} networks, got {n}",
-                        "raise --validate (e.g. 80) so that held-out networks remain")
+    check_validation_size(n, fit_networks)
     pop = validation_sample(space, n, seed)
     csv = Path(table.path)
     partial = PartialResults(csv.with_name(f"{table.device}.validation.partial.jsonl"),
@@ -286,6 +293,8 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
     """Write ONNX files, a manifest and a standalone runner (Python + numpy + onnxruntime) to ``bundle``."""
     from ..export import onnx_bytes
 
+    if validate:
+        check_validation_size(validate, fit_networks)
     bundle = Path(bundle)
     models = bundle / "models"
     models.mkdir(parents=True, exist_ok=True)
