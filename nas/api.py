@@ -93,6 +93,25 @@ def import_results(bundle: str | Path, *, space: "str | SearchSpace | None" = No
     return P.import_results(bundle, out_root, load_space(space) if space else None)
 
 
+def _run_space_and_pick(run: Path, arch_id: Optional[str], pick: list[str]) -> tuple["SearchSpace", str]:
+    """A search run's space (from the YAML its run.json carries, else by the name it was given) and the
+    architecture to export: ``arch_id``, or the one ``pick`` selects from the run's pareto.csv."""
+    from .io import read_csv, read_json
+    from .objectives import parse_constraint
+    from .report import pick_from_front
+    from .space import SearchSpace
+
+    info = read_json(run / "run.json", "run file")
+    cfg = info.get("space_config")
+    space = (SearchSpace.from_dict(cfg, source=f"{run / 'run.json'} (space_config)") if cfg
+             else load_space(info["config"]["space"]))
+    if pick:
+        row = pick_from_front(read_csv(run / "pareto.csv", "Pareto front"), info["objectives"][0],
+                              [parse_constraint(c, "--pick") for c in pick], str(run / "pareto.csv"))
+        arch_id = str(row["arch_id"])
+    return space, arch_id
+
+
 # ---------------------------------------------------------------------- search
 @dataclass
 class SearchRun:
@@ -328,19 +347,26 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
 
 
 # ---------------------------------------------------------------------- export
-def export(arch_id: str, out: str | Path = "exported", *, space: "str | SearchSpace" = "mobilenetv3_cifar",
-           run: "str | Path | None" = None, weights: Optional[str] = None, seed: int = 0) -> Path:
+def export(arch_id: Optional[str] = None, out: str | Path = "exported", *,
+           space: "str | SearchSpace" = "mobilenetv3_cifar", run: "str | Path | None" = None,
+           pick: "str | Sequence[str]" = (), weights: Optional[str] = None, seed: int = 0) -> Path:
     """``nas export``: the network as safetensors + arch JSON (timm recipe) + ONNX in ``out``. ``run``: take
-    the space from that search run's run.json; ``weights``: load this state_dict (else initialised by ``seed``)."""
+    the space from that search run (its run.json); ``pick``: instead of ``arch_id``, the network of the run's
+    front best on its first objective among those meeting these constraints (e.g. ``latency@cpu-ort-1t<=0.2``);
+    ``weights``: load this state_dict (else initialised by ``seed``)."""
     import torch
 
     from .blocks import build_model
     from .export import load_user_weights, save_network
 
+    pick = [pick] if isinstance(pick, str) else list(pick)
+    if (arch_id is None) == (not pick):
+        raise UserError("nas export", "give an arch_id or --pick, not both" if pick else "no network named",
+                        "e.g. nas export <arch_id>, or nas export --run runs/<folder> --pick \"latency@cpu-ort-1t<=0.2\"")
+    if pick and not run:
+        raise UserError("--pick", "picks from a search run's front", "add --run runs/<folder>")
     if run:
-        from .io import read_json
-
-        space = read_json(Path(run) / "run.json", "run file")["config"]["space"]
+        space, arch_id = _run_space_and_pick(Path(run), arch_id, pick)
     arch = load_space(space).parse_id(arch_id)
     torch.manual_seed(seed)
     model = build_model(arch)

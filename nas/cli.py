@@ -179,8 +179,11 @@ def cmd_space(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from . import api
 
-    out = api.export(**_kwargs(a, "quiet"))
-    print(f"wrote {out}/arch.json, model.safetensors, model.onnx")
+    from .io import read_json
+
+    out = api.export(**_kwargs(a, "quiet", "pick"), pick=tuple(a.pick))
+    picked = f" for {read_json(out / 'arch.json', 'arch file')['id']}" if a.pick else ""
+    print(f"wrote {out}/arch.json, model.safetensors, model.onnx{picked}")
     return 0
 
 
@@ -357,9 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
 
     sp = sub.add_parser("export", help="write a network as safetensors + arch JSON + ONNX")
-    sp.add_argument("arch_id")
+    sp.add_argument("arch_id", nargs="?", help="the network (or --pick one from --run's front)")
     sp.add_argument("--space", default="mobilenetv3_cifar")
-    sp.add_argument("--run", help="run folder: take the space from its run.json")
+    sp.add_argument("--run", help="search run folder: take the space from its run.json")
+    sp.add_argument("--pick", action="append", default=[], metavar="CONSTRAINT",
+                    help='with --run: the front\'s best network (on the run\'s first objective) meeting this, '
+                         'e.g. "latency@cpu-ort-1t<=0.2" (repeatable)')
     sp.add_argument("--weights", help="state_dict to load (safetensors or torch file; loaded weights_only)")
     sp.add_argument("--out", default="exported")
     common(sp)

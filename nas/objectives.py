@@ -75,14 +75,14 @@ def parse_objectives(text: str | list[str], tabular: bool = False) -> list[Objec
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_@.\-]+?)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
-def parse_constraint(text: str) -> Constraint:
+def parse_constraint(text: str, option: str = "--constraint") -> Constraint:
     m = _CONSTRAINT.match(text)
     if not m:
-        raise UserError("--constraint", f"cannot parse {text!r}", "write e.g. \"latency@cpu-ort-1t<=3.5\"")
+        raise UserError(option, f"cannot parse {text!r}", "write e.g. \"latency@cpu-ort-1t<=3.5\"")
     try:
         bound = float(m.group(3))
     except ValueError:
-        raise UserError("--constraint", f"bad number in {text!r}", "write e.g. \"macs<=3e8\"") from None
+        raise UserError(option, f"bad number in {text!r}", "write e.g. \"macs<=3e8\"") from None
     return Constraint(m.group(1), m.group(2), bound)
 
 

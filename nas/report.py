@@ -12,7 +12,7 @@ import pandas as pd
 from . import __version__
 from .errors import UserError
 from .io import write_csv, write_json
-from .objectives import minimisation_matrix, total_violation
+from .objectives import Constraint, minimisation_matrix, total_violation
 from .pareto import hypervolume
 from .search.run import SearchResult
 
@@ -173,9 +173,31 @@ def write_outputs(res: SearchResult, out: Path, measure: bool = False, quiet: bo
            "constraints": [str(c) for c in res.problem.constraints], "evaluated": len(res.archive),
            "generations": res.generations, "front_size": len(pareto), "dropped_by_measurement": dropped,
            "hypervolume": hv, "hypervolume_reference": ref, "wall_time_s": round(res.wall_time_s, 3),
-           "worker_restarts": res.restarts, "rl_targets": res.targets}
+           "worker_restarts": res.restarts, "rl_targets": res.targets,
+           "space_config": getattr(res.problem.space, "config", None)}  # nas export --run works from anywhere
     write_json(out / "run.json", run)
     return run
+
+
+def pick_from_front(pareto: pd.DataFrame, first: dict[str, str], constraints: list[Constraint],
+                    where: str) -> pd.Series:
+    """The front member best on the run's first objective (``{"name", "direction"}``) among those meeting every
+    constraint; ``where`` names the front in errors."""
+    ok = np.ones(len(pareto), dtype=bool)
+    for c in constraints:
+        if c.name not in pareto:
+            numeric = [k for k in pareto.columns if pd.api.types.is_numeric_dtype(pareto[k])
+                       and k not in ("island", "generation", "evaluation", "seed")]
+            raise UserError("--pick", f"{where} has no column {c.name!r}", f"use one of: {', '.join(numeric)}")
+        values = pareto[c.name].to_numpy(dtype=np.float64)
+        ok &= c.violation(values) <= 0
+        if not ok.any():
+            lo, hi = np.nanmin(values), np.nanmax(values)
+            raise UserError("--pick", f"no network of {where} meets {c}" + (" with the bounds before it" if len(
+                constraints) > 1 else ""), f"its {c.name} spans {lo:.4g}..{hi:.4g}; loosen the bound")
+    chosen = pareto[ok]
+    col = chosen[first["name"]]
+    return pareto.loc[col.idxmax() if first["direction"] == "max" else col.idxmin()]
 
 
 def print_summary(res: SearchResult, pareto: pd.DataFrame, run: dict[str, Any], limit: int = 15) -> None:

@@ -1,4 +1,6 @@
 """The Python API mirrors the command line: same results, same files, same errors (raised, not printed)."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -29,3 +31,26 @@ def test_export_writes_the_network(tmp_path, cifar_space):
     arch = cifar_space.decode(cifar_space.largest())
     out = api.export(arch.id, tmp_path / "net", seed=1)
     assert {p.name for p in out.iterdir()} >= {"arch.json", "model.safetensors", "model.onnx"}
+
+
+def test_export_picks_from_a_run_of_a_space_of_your_own_anywhere(tmp_path, monkeypatch):
+    """--pick: the front's best network on the run's first objective meeting the bound; the run folder
+    carries the space's YAML, so export needs neither the file nor the working directory of the search."""
+    import yaml
+
+    from conftest import TINY_SPACE
+
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    monkeypatch.chdir(tmp_path)
+    run = api.search("mine.yaml", objectives="proxy_accuracy,macs", evaluations=200, seed=0, out="run", quiet=True)
+    bound = float(run.pareto["macs"].median())
+    expected = run.pareto[run.pareto["macs"] <= bound].sort_values("proxy_accuracy").iloc[-1]["arch_id"]
+    (tmp_path / "mine.yaml").unlink()
+    monkeypatch.chdir(tmp_path / "run")
+    out = api.export(run=tmp_path / "run", pick=f"macs<={bound}", out=tmp_path / "net")
+    assert json.loads((out / "arch.json").read_text())["id"] == expected
+    with pytest.raises(UserError, match="spans"):
+        api.export(run=tmp_path / "run", pick="macs<=1", out=tmp_path / "none")
+    with pytest.raises(UserError, match="not both"):
+        api.export(expected, run=tmp_path / "run", pick="macs<=1e12", out=tmp_path / "none")
+    assert not (tmp_path / "none").exists()

@@ -139,7 +139,7 @@ def test_each_command_is_its_api_function_with_the_same_defaults(argv, fn, monke
     monkeypatch.setattr(api, fn, spy)
     with pytest.raises(_Called):
         main(argv)
-    given = {a.lstrip("-").replace("-", "_") for a in argv}
+    given = {a.lstrip("-").replace("-", "_") for a in argv} | {k for k, v in seen.items() if v in argv}  # positional
     defaults = {k: p.default for k, p in inspect.signature(real).parameters.items() if p.default is not p.empty}
     differ = {k: (v, defaults[k]) for k, v in seen.items() if k in defaults and k not in given and v != defaults[k]}
     assert seen and not differ
