@@ -129,12 +129,13 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
            evaluations: int = 3000, population: int = 48, islands: Optional[int] = None,
            targets: "str | Sequence[float] | None" = None, table: Optional[str] = None,
            decisions: "str | Sequence[str] | None" = None, tables_dir: Optional[str] = None,
-           predictor: Optional[str] = None, placement_ranking: Optional[str] = None, storage: Optional[str] = None,
-           out: "str | Path | None" = None, workers: int = 0, ray_address: Optional[str] = None,
-           measure: bool = False, seed: int = 0, quiet: bool = False) -> SearchRun:
+           predictor: Optional[str] = None, dataset: str = "cifar10", placement_ranking: Optional[str] = None,
+           storage: Optional[str] = None, out: "str | Path | None" = None, workers: int = 0,
+           ray_address: Optional[str] = None, measure: bool = False, seed: int = 0, quiet: bool = False) -> SearchRun:
     """``nas search``: run (or resume) a search and write pareto.csv, evaluated.csv, pareto.png and run.json
     to ``out`` (default ``runs/<space>-<controller>-<config hash>``). With no arguments: the cifar space for
-    predicted accuracy vs. latency on the shipped ``cpu-ort-1t`` table."""
+    predicted accuracy vs. latency on the shipped ``cpu-ort-1t`` table. ``dataset``: without ``predictor``, use
+    ``predictors/<space>/<dataset>.json`` (in ./predictors, else shipped)."""
     import pandas as pd
 
     from .report import write_outputs
@@ -147,12 +148,12 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
             raise UserError("--targets", f"cannot parse {targets!r}",
                             "comma-separated numbers, e.g. 0.1,0.15") from None
     cfg = SearchConfig(space=space, table=table, decisions=_names(decisions),
-                       objectives=_names(objectives) or default_objectives(space, table, predictor),
+                       objectives=_names(objectives) or default_objectives(space, table, predictor, dataset),
                        constraints=[constraints] if isinstance(constraints, str) else list(constraints),
                        controller=controller, sampler=sampler, evaluations=evaluations, population=population,
                        islands=islands, targets=list(targets) if targets else None, seed=seed,
                        tables_dir=tables_dir, predictor=predictor, placement_ranking=placement_ranking,
-                       storage=storage)
+                       storage=storage, dataset=dataset)
     out = Path(out) if out else default_out(cfg)
     res = run_search(cfg, out=out, workers=workers, ray_address=ray_address, quiet=quiet)
     run = write_outputs(res, out, measure=measure, quiet=quiet)

@@ -86,8 +86,16 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         return 0
     pred = _fitted(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
                                       "quiet"))
-    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}")
+    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}"
+          f"{_how_to_search_with(pred, a.space, a.dataset)}")
     return 0
+
+
+def _how_to_search_with(pred, space: str, dataset: str) -> str:
+    default = f"predictors/{pred.meta['space']}/{dataset}.json"
+    flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
+    return (f"; search with it: nas search --space {space} --predictor {pred.path} (or copy it to {default}: "
+            f"then nas search --space {space}{flag} finds it)")
 
 
 def _fitted(fit: Callable, **kwargs):
@@ -110,8 +118,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from . import api
 
     pred = _fitted(api.pipeline, **_kwargs(a))
-    print(f"predictor {pred.meta['chosen']} -> {a.out}/predictor.json "
-          f"(copy it to predictors/<space>/{a.dataset}.json to make it the default)")
+    print(f"predictor {pred.meta['chosen']} -> {pred.path}{_how_to_search_with(pred, a.space, a.dataset)}")
     return 0
 
 
@@ -235,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process, no Ray)")
     sp.add_argument("--ray-address", help="join an existing Ray cluster")
     sp.add_argument("--tables-dir", help="folder with <space>/<device>.csv tables (default: ./latency_tables, shipped)")
-    sp.add_argument("--predictor", help="accuracy predictor JSON (default: predictors/<space>/cifar10.json)")
+    sp.add_argument("--predictor", help="accuracy predictor JSON (default: predictors/<space>/<dataset>.json)")
+    sp.add_argument("--dataset", default="cifar10",
+                    help="without --predictor: use predictors/<space>/<DATASET>.json (./predictors, then shipped)")
     sp.add_argument("--placement-ranking", metavar="CSV",
                     help="stride-placement ranking from nas supernet-mixture --space: enables the objective "
                          "placement_score")

@@ -56,11 +56,11 @@ class Evaluator:
     @classmethod
     def build(cls, space: SearchSpace, objectives: list[Objective], constraints: list[Constraint] = (),
               tables_dir: Optional[str] = None, predictor_path: Optional[str] = None,
-              placement_ranking: Optional[str] = None) -> "Evaluator":
+              placement_ranking: Optional[str] = None, dataset: str = DEFAULT_DATASET) -> "Evaluator":
         names = [o.name for o in objectives] + [c.name for c in constraints]
         devices = list(dict.fromkeys(n.split("@", 1)[1] for n in names if n.startswith("latency@")))
         tables = {d: LatencyTable.find(space, d, tables_dir) for d in devices}
-        predictor = find_predictor(space, predictor_path) if "accuracy" in names else None
+        predictor = find_predictor(space, predictor_path, dataset) if "accuracy" in names else None
         scores = load_placement_scores(space, placement_ranking) if placement_ranking else None
         return cls(space, objectives, constraints, tables, predictor, scores)
 

@@ -54,3 +54,19 @@ def test_export_picks_from_a_run_of_a_space_of_your_own_anywhere(tmp_path, monke
     with pytest.raises(UserError, match="not both"):
         api.export(expected, run=tmp_path / "run", pick="macs<=1e12", out=tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def test_search_dataset_picks_the_predictor_file(tmp_path, monkeypatch):
+    """--dataset D: predictors/<space>/D.json (./predictors first); none there: the MACs proxy, said so."""
+    import shutil
+
+    from nas.resources import shipped_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "predictors" / "mobilenetv3_cifar").mkdir(parents=True)
+    shutil.copy(shipped_dir("predictors") / "mobilenetv3_cifar" / "cifar10.json",
+                tmp_path / "predictors" / "mobilenetv3_cifar" / "svhn.json")
+    found = api.search(dataset="svhn", evaluations=100, out="a", quiet=True)
+    assert "accuracy" in found.pareto and found.run["config"]["dataset"] == "svhn"
+    missing = api.search(dataset="imagenet", evaluations=100, out="b", quiet=True)
+    assert "proxy_accuracy" in missing.pareto and "accuracy" not in missing.pareto

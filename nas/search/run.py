@@ -48,6 +48,7 @@ class SearchConfig:
     predictor: Optional[str] = None
     placement_ranking: Optional[str] = None
     storage: Optional[str] = None
+    dataset: str = "cifar10"  # without --predictor: predictors/<space>/<dataset>.json
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,7 +84,7 @@ def build_problem(cfg: SearchConfig) -> Problem:
     objectives = parse_objectives(cfg.objectives)
     space = SearchSpace.load(cfg.space)
     evaluator = Evaluator.build(space, objectives, constraints, cfg.tables_dir, cfg.predictor,
-                                cfg.placement_ranking)
+                                cfg.placement_ranking, cfg.dataset)
     return Problem(space, evaluator, objectives, constraints, False)
 
 
@@ -410,7 +411,8 @@ def _resume(state_dir: Path, cfg: SearchConfig, problem: Problem, metric_names: 
     return archive, int(ck["generation"]), ck["islands"], float(ck.get("elapsed_s", 0.0))
 
 
-def default_objectives(space: str, table: Optional[str], predictor: Optional[str]) -> list[str]:
+def default_objectives(space: str, table: Optional[str], predictor: Optional[str],
+                       dataset: str = "cifar10") -> list[str]:
     """accuracy + latency on the shipped 1-thread table; the MACs proxy where no predictor exists."""
     if table:
         raise UserError("--objectives", "a tabular search needs its objective columns", "e.g. acc:max,lat_ms:min")
@@ -418,12 +420,12 @@ def default_objectives(space: str, table: Optional[str], predictor: Optional[str
     from ..space import SearchSpace
 
     try:
-        find_predictor(SearchSpace.load(space), predictor)
+        find_predictor(SearchSpace.load(space), predictor, dataset)
         return list(DEFAULT_OBJECTIVES)
     except UserError:
         if predictor:
             raise
-        print(f"note: no accuracy predictor for {space}; using proxy_accuracy (log MACs), not accuracy")
+        print(f"note: no {dataset} accuracy predictor for {space}; using proxy_accuracy (log MACs), not accuracy")
         return ["proxy_accuracy", "latency@cpu-ort-1t"]
 
 
