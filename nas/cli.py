@@ -61,7 +61,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 def cmd_teacher(a: argparse.Namespace) -> int:
     from . import api
 
-    rep = api.teacher(**_kwargs(a, "workers", "ray_address", "dataset"))
+    rep = api.teacher(**_kwargs(a))
     print(f"teacher {rep['arch_id']}: val top-1 {rep['val_top1']:.4f}, test top-1 {rep['test_top1']:.4f} "
           f"-> {a.out}/teacher/")
     return 0
@@ -71,7 +71,7 @@ def cmd_teacher(a: argparse.Namespace) -> int:
 def cmd_distill(a: argparse.Namespace) -> int:
     from . import api
 
-    frame = api.distill(**_kwargs(a, "dataset"))
+    frame = api.distill(**_kwargs(a))
     print(f"block-quality table: {len(frame)} options -> {a.out}/blocks/block_quality.csv")
     return 0
 
@@ -127,7 +127,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 def cmd_adapt(a: argparse.Namespace) -> int:
     from . import api
 
-    state = api.adapt(**_kwargs(a, "dataset"))
+    state = api.adapt(**_kwargs(a))
     last = state["trajectory"][-1]
     print(f"adapted to {last['table_ms']:.4f} ms (table; budget {state['budget_ms']:.4f}), val top-1 "
           f"{last['accuracy']:.4f} -> {a.out}/adapted/, trajectory.csv, trajectory.png")
@@ -258,15 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where PyTorch trains: cpu (default), cuda, cuda:N or mps (with --workers on CUDA, "
                              "Ray shares each GPU among that many tasks)")
 
-    def data_args(sp: argparse.ArgumentParser, *, samples: bool = False) -> None:
+    def data_args(sp: argparse.ArgumentParser, *, samples: bool = False, fits: bool = False, parallel: bool = True,
+                  out_help: str = "pipeline folder (teacher/, blocks/, samples.jsonl)") -> None:
         sp.add_argument("--space", default="mobilenetv3_cifar")
         sp.add_argument("--data", default="../shared/data/cifar10.npz",
                         help="cifar10.npz, a CIFAR-10 folder, Fashion-MNIST IDX folder or an ImageFolder tree")
-        sp.add_argument("--out", default="runs/predictor", help="pipeline folder (teacher/, blocks/, samples.jsonl)")
+        sp.add_argument("--out", default="runs/predictor", help=out_help)
         sp.add_argument("--subset", type=int, default=None, help="use only N training images (quick runs)")
-        sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
-        sp.add_argument("--ray-address", help="join an existing Ray cluster")
-        sp.add_argument("--dataset", default="cifar10", help="dataset name recorded in the predictor")
+        if parallel:
+            sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
+            sp.add_argument("--ray-address", help="join an existing Ray cluster")
+        if fits:
+            sp.add_argument("--dataset", default="cifar10",
+                            help="dataset name recorded in the predictor (predictors/<space>/<DATASET>.json)")
         if samples:
             sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
             sp.add_argument("--sample-seeds", type=int, default=1, metavar="K",
@@ -274,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
 
     sp = sub.add_parser("teacher", help="train the reference network, or load a user checkpoint")
-    data_args(sp)
+    data_args(sp, parallel=False)  # one network: nothing to spread over workers
     sp.add_argument("--arch", default="largest", help="arch id of the teacher (default: the space's largest)")
     sp.add_argument("--checkpoint", help="use these weights instead of training (safetensors or state_dict)")
     sp.add_argument("--teacher-epochs", type=float, default=None)
@@ -288,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("predictor", help="fine-tune sampled architectures, or fit the predictor")
     sp.add_argument("action", choices=["sample", "fit"])
-    data_args(sp, samples=True)
+    data_args(sp, samples=True, fits=True)
     sp.add_argument("--finetune-epochs", type=float, default=None)
     sp.add_argument("--finetune-lr", type=float, default=None)
     sp.add_argument("--predictor-out", help="where to write the predictor JSON (default: OUT/predictor.json)")
@@ -297,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_device_arg(sp)
 
     sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
-    data_args(sp, samples=True)
+    data_args(sp, samples=True, fits=True)
     sp.add_argument("--steps", type=int, default=1000, help="distillation steps per stage")
     for prefix in ("teacher", "finetune"):
         sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
@@ -305,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_device_arg(sp)
 
     sp = sub.add_parser("adapt", help="NetAdapt: shrink a trained network to a latency budget")
-    data_args(sp)
+    data_args(sp, out_help="NetAdapt folder (trajectory.csv, adapted/; a rerun resumes it)")
     sp.set_defaults(out="runs/adapt")
     sp.add_argument("--net", help="network folder (arch.json + model.safetensors), e.g. a teacher or export")
     sp.add_argument("--checkpoint", help="state_dict (safetensors or torch file) instead of --net")
