@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, write_bytes, write_json
 from .space import Arch
 
 OPSET = 17
@@ -42,8 +42,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.
     data = onnx_bytes(module, input_shape)
     if check:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    with atomic_path(path, suffix=".onnx") as tmp:
-        tmp.write_bytes(data)
+    write_bytes(path, data)
     return Path(path)
 
 

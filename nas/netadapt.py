@@ -22,7 +22,7 @@ from timm.models._efficientnet_builder import round_channels
 
 from .blocks import build_model
 from .errors import UserError
-from .io import read_json, write_csv, write_json
+from .io import atomic_path, read_json, write_csv, write_json
 from .latency import LatencyTable
 from .space import Arch, SearchSpace, StageChoice
 from .train import TrainConfig, evaluate, train_model
@@ -337,6 +337,7 @@ def plot_trajectory(frame: pd.DataFrame, path: Path) -> None:
     ax.legend()
     ax.set_title("NetAdapt trajectory")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 

@@ -21,7 +21,7 @@ from torch import nn
 from .. import __version__
 from ..blocks import build_model
 from ..errors import UserError
-from ..io import read_json, write_csv, write_json
+from ..io import read_json, write_bytes, write_csv, write_json
 from ..progress import progress_bar
 from ..space import SearchSpace
 from . import engine
@@ -308,15 +308,15 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
     with progress_bar(quiet) as bar:
         task = bar.add_task("export bundle", total=len(items) + 1)
         ref_file = "models/reference.onnx"
-        (bundle / ref_file).write_bytes(onnx_bytes(_seeded(lambda: ref.build(space)), ref.input_shape(batch, space)))
+        write_bytes(bundle / ref_file, onnx_bytes(_seeded(lambda: ref.build(space)), ref.input_shape(batch, space)))
         bar.advance(task)
         for i, it in enumerate(items):
             base = it.key[2:] if it.key[:2] in ("A:", "B:") else it.key
             if base not in files:
                 files[base] = f"models/{len(files):06d}.onnx"
                 path = bundle / files[base]
-                if not path.exists():
-                    path.write_bytes(onnx_bytes(_seeded(it.build), it.input_shape))
+                if not path.exists():  # a rerun after an interruption keeps the files already written whole
+                    write_bytes(path, onnx_bytes(_seeded(it.build), it.input_shape))
             manifest_entries.append({"key": it.key, "file": files[base], "input_shape": list(it.input_shape)})
             bar.advance(task)
     manifest = {"format": "hwnas-latency-bundle", "version": 1, "space": space.name,
