@@ -89,6 +89,22 @@ def test_resume_with_other_settings_is_refused(small_table, tmp_path):
         run_search(_cfg(path, decisions, evaluations=60, seed=1), out=tmp_path, quiet=True)
 
 
+def test_checkpoint_from_before_a_new_setting_resumes(small_table, tmp_path):
+    """A setting added later (here: dataset) counts as its default in an older checkpoint."""
+    import json
+
+    path, decisions = small_table
+    cfg = _cfg(path, decisions, evaluations=120)
+    full = run_search(cfg, quiet=True)
+    run_search(cfg, out=tmp_path, quiet=True, stop_after=1)
+    ck_path = tmp_path / "state" / "checkpoint.json"
+    ck = json.loads(ck_path.read_text())
+    del ck["config"]["dataset"]
+    ck_path.write_text(json.dumps(ck))
+    resumed = run_search(cfg, out=tmp_path, quiet=True)
+    np.testing.assert_array_equal(resumed.archive.pop, full.archive.pop)
+
+
 def _wait_until_dead(actor, timeout_s: float = 60.0) -> None:
     import time
 

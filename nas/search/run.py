@@ -401,7 +401,8 @@ _RESUME_IGNORED = {"storage"}
 def _resume(state_dir: Path, cfg: SearchConfig, problem: Problem, metric_names: list[str]):
     ck = read_json(state_dir / "checkpoint.json", "search checkpoint")
     old, new = ck.get("config", {}), cfg.to_json()
-    diff = [k for k in new if k not in _RESUME_IGNORED and old.get(k) != new[k]]
+    defaults = SearchConfig().to_json()  # a setting added since the checkpoint was written had its default then
+    diff = [k for k in new if k not in _RESUME_IGNORED and old.get(k, defaults.get(k)) != new[k]]
     if diff:
         raise UserError(state_dir.parent, f"holds a run with other settings ({', '.join(diff)})",
                         "repeat the original options to resume, or choose a new --out")
