@@ -68,6 +68,13 @@ def front_hypervolume(res: SearchResult, ref: Optional[np.ndarray] = None) -> tu
     return hypervolume(F[ok], ref), ref.tolist()
 
 
+def axis_label(objective) -> str:
+    """``latency@cpu-ort-1t (ms, lower is better)``: a unit where it has one, and which way is better."""
+    unit = "ms, " if objective.device else {"accuracy": "top-1, ", "proxy_accuracy": "log MACs scaled, "}.get(
+        objective.name, "")
+    return f"{objective.name} ({unit}{'higher' if objective.direction == 'max' else 'lower'} is better)"
+
+
 def plot_front(res: SearchResult, evaluated: pd.DataFrame, path: Path) -> Path:
     import matplotlib
 
@@ -85,8 +92,8 @@ def plot_front(res: SearchResult, evaluated: pd.DataFrame, path: Path) -> Path:
         ax.scatter(evaluated[xn], evaluated[yn], s=6, c="0.75", label=f"evaluated ({len(evaluated)})")
         f = front.sort_values(xn)
         ax.plot(f[xn], f[yn], "o-", ms=3.5, c="tab:red", lw=1, label=f"Pareto front ({len(f)})")
-        ax.set_xlabel(f"{xn} ({objs[x].direction})")
-        ax.set_ylabel(f"{yn} ({objs[y].direction})")
+        ax.set_xlabel(axis_label(objs[x]))
+        ax.set_ylabel(axis_label(objs[y]))
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"{res.problem.space.name}: {res.config.controller}, seed {res.config.seed}")
