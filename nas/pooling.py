@@ -359,8 +359,7 @@ def score_placements(space: AnyPlacementSpace, result: dict[str, Any], data, max
     and ``pooled_accuracy`` over validation + extra."""
     from .train import count_correct
 
-    if rule not in SCORING_RULES:
-        raise UserError("scoring rule", f"unknown rule {rule!r}", f"use one of {', '.join(SCORING_RULES)}")
+    _check_rule(rule)
     recal = [x for _, (x, _) in zip(range(recal_batches), data.train)]
     n_models = len(result["models"])
     rows = []
@@ -442,6 +441,11 @@ def _cycle(loader):
         yield from loader
 
 
+def _check_rule(rule: str) -> None:
+    if rule not in SCORING_RULES:
+        raise UserError("--scoring", f"unknown rule {rule!r}", f"use one of {', '.join(SCORING_RULES)}")
+
+
 def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
                 subset: Optional[int] = None, quiet: bool = False, device: str = "cpu",
                 rule: str = "best") -> pd.DataFrame:
@@ -449,6 +453,7 @@ def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | 
     :func:`score_placements`) and a summary."""
     from .data import load_data
 
+    _check_rule(rule)  # before the training, not after it
     out = Path(out_dir)
     data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device,
                      input_size=space.input_size)

@@ -25,6 +25,9 @@ def test_api_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--train-device"):
         api.pipeline(tmp_path / "none.npz", tmp_path / "p", train_device="banana")
     assert not (tmp_path / "p").exists()
+    with pytest.raises(UserError, match="--scoring: unknown rule 'worst'"):  # before any data or training
+        api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", scoring="worst")
+    assert not (tmp_path / "m").exists()
 
 
 def test_export_writes_the_network(tmp_path, cifar_space):
