@@ -37,6 +37,8 @@ SPACE = "mobilenetv3_cifar"
 
 def plan(a: argparse.Namespace) -> None:
     space = SearchSpace.load(SPACE)
+    if a.heldout_extra <= 0:
+        raise SystemExit("plan: --heldout-extra must be positive (the jobs are the second held-out draw)")
     _, _, draws = benchmark_sets(space, a.samples, a.extra_samples, a.heldout, a.heldout_extra)
     first = [x.id for x in space.decode_many(draws[0])]
     jobs = []
@@ -65,16 +67,24 @@ def run(a: argparse.Namespace) -> None:
     todo = [j for j in spec["jobs"] if (j["file"], j["arch_id"], j["seed"]) not in done]
     t0 = time.time()
     finished = 0
+    queue, pending = iter(todo), {}
     with ProcessPoolExecutor(a.procs, mp_context=mp.get_context("spawn")) as ex:
-        pending = {ex.submit(_one, j, spec["finetune"], str(out), a.data, a.device): j for j in todo}
+        def fill() -> None:
+            """Submit only as many jobs as there are processes (the pool would queue one more, which a
+            deadline could no longer cancel), and none after the deadline."""
+            while len(pending) < a.procs and time.time() - t0 < a.deadline:
+                job = next(queue, None)
+                if job is None:
+                    return
+                pending[ex.submit(_one, job, spec["finetune"], str(out), a.data, a.device)] = job
+
+        fill()
         while pending:
-            left = a.deadline - (time.time() - t0)
-            if left <= 0:  # start nothing new; the jobs already running finish and are kept
-                pending = {f: j for f, j in pending.items() if not f.cancel()}
-            ready, _ = wait(pending, timeout=max(1.0, left) if left > 0 else None, return_when=FIRST_COMPLETED)
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in ready:
                 append_jsonl(str(out / pending.pop(f)["file"]), [f.result()])
                 finished += 1
+            fill()
     print(f"{finished} of {len(todo)} jobs in {time.time() - t0:.0f} s", flush=True)
 
 
