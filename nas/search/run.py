@@ -420,13 +420,15 @@ def default_objectives(space: str, table: Optional[str], predictor: Optional[str
     from ..evaluator import find_predictor
     from ..space import SearchSpace
 
+    sp = SearchSpace.load(space)
     try:
-        find_predictor(SearchSpace.load(space), predictor, dataset)
+        find_predictor(sp, predictor, dataset)
         return list(DEFAULT_OBJECTIVES)
     except UserError:
         if predictor:
             raise
-        print(f"note: no {dataset} accuracy predictor for {space}; using proxy_accuracy (log MACs), not accuracy")
+        print(f"note: no accuracy predictor predictors/{sp.name}/{dataset}.json (choose one with --dataset or "
+              f"--predictor); using proxy_accuracy (log MACs), not accuracy")
         return ["proxy_accuracy", "latency@cpu-ort-1t"]
 
 
