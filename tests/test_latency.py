@@ -207,3 +207,15 @@ def test_placement_space_needs_no_special_case(tmp_path):
     assert hins == {8, 4}  # each stage at both resolutions the placements give it
     pop = space.sample(np.random.default_rng(0), 32)
     np.testing.assert_allclose(table.predict_sum(pop), [_loop_latency(table, space, a) for a in space.decode_many(pop)])
+
+
+def test_table_of_an_edited_space_says_how_to_remeasure_and_force_does(tmp_path, tiny_space):
+    profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    edited = SearchSpace.from_dict({**TINY_SPACE, "defaults": {**TINY_SPACE["defaults"], "kernel": [3, 5, 7]}},
+                                   source="tiny.yaml")
+    for attempt in (lambda: LatencyTable.find(edited, "cpu-ort-1t", tmp_path),
+                    lambda: profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)):
+        with pytest.raises(UserError, match="changed since .* --force"):
+            attempt()
+    table = profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, force=True, quiet=True)
+    assert not table.missing(edited) and LatencyTable.find(edited, "cpu-ort-1t", tmp_path).device == "cpu-ort-1t"
