@@ -209,13 +209,25 @@ def test_placement_space_needs_no_special_case(tmp_path):
     np.testing.assert_allclose(table.predict_sum(pop), [_loop_latency(table, space, a) for a in space.decode_many(pop)])
 
 
-def test_table_of_an_edited_space_says_how_to_remeasure_and_force_does(tmp_path, tiny_space):
-    profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+def test_profile_of_an_edited_space_times_only_what_the_edit_added(tmp_path, tiny_space):
+    """An edited space's table is extended, not re-measured: kept entries unchanged, the new ones timed
+    against the old table's reference model and put on its scale; the search's error says so first."""
+    first = profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
     edited = SearchSpace.from_dict({**TINY_SPACE, "defaults": {**TINY_SPACE["defaults"], "kernel": [3, 5, 7]}},
                                    source="tiny.yaml")
-    for attempt in (lambda: LatencyTable.find(edited, "cpu-ort-1t", tmp_path),
-                    lambda: profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)):
-        with pytest.raises(UserError, match="changed since .* --force"):
-            attempt()
-    table = profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, force=True, quiet=True)
-    assert not table.missing(edited) and LatencyTable.find(edited, "cpu-ort-1t", tmp_path).device == "cpu-ort-1t"
+    with pytest.raises(UserError, match="changed since .*time what it lacks: nas profile"):
+        LatencyTable.find(edited, "cpu-ort-1t", tmp_path)
+    extended = profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    def by_key(table):
+        return pd.Series({Entry.from_row(r).key: r["median_ms"] for r in table.rows.to_dict("records")})
+
+    old, new = by_key(first), by_key(extended)
+    assert not extended.missing(edited) and set(old.index) < set(new.index)
+    assert (new.loc[old.index] == old).all()  # kept as measured
+    ext = extended.meta["extensions"][-1]
+    assert ext["kept"] == len(old) and ext["measured"] == len(new) - len(old) > 0
+    assert extended.meta["reference"] == first.meta["reference"] and extended.meta["validation"] is None
+    k7 = extended.rows[extended.rows["kernel"] == 7]["median_ms"]
+    assert ((k7 > 0) & (k7 < 100 * old.max())).all()  # on the same scale (ms), not ratios or seconds
+    assert LatencyTable.find(edited, "cpu-ort-1t", tmp_path).device == "cpu-ort-1t"
+    assert not list(tmp_path.rglob("*.partial.*"))

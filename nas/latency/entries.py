@@ -51,6 +51,10 @@ class Entry:
         return cls(**{c: conv[types[c]](row[c]) if c != "act" else ("" if _isnan(row[c]) else str(row[c]))
                       for c in KEY_COLUMNS})
 
+    @classmethod
+    def from_key(cls, key: str) -> "Entry":
+        return cls.from_row(dict(zip(KEY_COLUMNS, key.split("|"))))
+
     def as_row(self) -> dict:
         return asdict(self)
 

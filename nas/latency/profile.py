@@ -103,9 +103,10 @@ class PartialResults:
 class Timer:
     """A backend plus its warmed-up reference runner; measures items in interleaved chunks."""
 
-    def __init__(self, space: SearchSpace, backend: Backend, batch: int, protocol: Protocol):
+    def __init__(self, space: SearchSpace, backend: Backend, batch: int, protocol: Protocol,
+                 reference: Optional[Entry] = None):
         self.space, self.backend, self.batch, self.protocol = space, backend, batch, protocol
-        ref = reference_entry(space)
+        ref = reference or reference_entry(space)
         self.reference_key = ref.key
         self.reference = backend.runner(_seeded(lambda: ref.build(space)), ref.input_shape(batch, space))
         engine.warm_up(self.reference, min_s=0.2)
@@ -166,7 +167,7 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
     if csv.exists() and force:
         csv.unlink()
         meta_path(csv).unlink(missing_ok=True)
-    table = _existing_table(csv, space, fp) if csv.exists() else None
+    table = _existing_table(csv, space, fp, be, batch, protocol, quiet) if csv.exists() else None
     timer = None
     if table is None:
         entries = enumerate_entries(space, granularity)
@@ -183,13 +184,50 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
     return table
 
 
-def _existing_table(csv: Path, space: SearchSpace, fp: dict[str, Any]) -> LatencyTable:
+def _existing_table(csv: Path, space: SearchSpace, fp: dict[str, Any], be: Backend, batch: int,
+                    protocol: Protocol, quiet: bool) -> LatencyTable:
     table = LatencyTable.load(csv)
     diff = engine.fingerprint_mismatch(table.fingerprint, fp)
     if diff:
         raise UserError(csv, f"table was measured in another environment ({'; '.join(diff)})",
                         "name another --device, or pass --force to re-measure it here")
+    if table.space_name == space.name and (table.meta.get("space_signature") not in (None, space.signature())
+                                           or table.missing(space)):
+        table = extend_table(table, space, be, batch, protocol, quiet)
     table.bind(space)
+    return table
+
+
+def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int, protocol: Protocol,
+                 quiet: bool = False) -> LatencyTable:
+    """The space was edited since ``old`` was measured: keep the entries it still needs, time only the ones it
+    lacks, against ``old``'s own reference model, and put them on ``old``'s scale (ratio to that reference x
+    its reference time), so that no absolute timings of two sessions are compared. Resumable like a profile."""
+    csv, gran = Path(old.path), old.granularity
+    entries = enumerate_entries(space, gran)
+    have = {Entry.from_row(r).key: r for r in old.rows.to_dict("records")}
+    missing = [e for e in entries if e.key not in have]
+    ref = Entry.from_key(old.meta["reference"]["key"])
+    header = {**_header(space, old.fingerprint, gran, protocol, "extension"), "reference": ref.key}
+    partial = PartialResults(csv.with_name(f"{old.device}.extension.partial.jsonl"), header)
+    Timer(space, be, batch, protocol, reference=ref).measure(
+        entry_items(space, missing, batch), partial, f"extend {space.name} table on {old.device}", quiet)
+    ref_ms = float(old.meta["reference"]["median_ms"])
+    new = {e.key: {**e.as_row(), **engine.summarise(partial.records[e.key], ref_ms)} for e in missing}
+    rows = pd.DataFrame([have.get(e.key) or new[e.key] for e in entries])
+    rows = rows[list(KEY_COLUMNS) + ["median_ms", "p10_ms", "p90_ms", "runs"]]
+    session_ref = engine.reference_ms(partial.records[e.key] for e in missing)
+    meta = {**old.meta, "space_signature": space.signature(), "entries": len(entries),
+            "validation": None, "correction": None,  # fitted on networks of the space before the edit
+            "extensions": [*old.meta.get("extensions", []), {
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "kept": len(entries) - len(missing), "measured": len(missing),
+                "dropped": len(have) - (len(entries) - len(missing)),
+                "wall_time_s": round(partial.header["elapsed_s"], 1),
+                "session_reference_ms": session_ref if np.isfinite(session_ref) else None}]}
+    table = LatencyTable(rows, meta, csv)
+    table.save(csv)
+    partial.remove()
     return table
 
 

@@ -119,14 +119,14 @@ class LatencyTable:
         sig = self.meta.get("space_signature")
         if sig and sig != space.signature():
             raise UserError(where, f"space {space.name!r} changed since this table was measured",
-                            f"re-measure it: nas profile --space {space.cli_name} --device {self.device} --force")
+                            f"time what it lacks: nas profile --space {space.cli_name} --device {self.device}")
         if self.granularity not in GRANULARITIES:
             raise UserError(where, f"unknown granularity {self.granularity!r}", f"use one of {GRANULARITIES}")
         missing = self.missing(space)
         if missing:
             shown = ", ".join(e.key for e in missing[:3])
             raise UserError(where, f"{len(missing)} entries the space needs are missing (e.g. {shown})",
-                            f"re-measure it: nas profile --space {space.cli_name} --device {self.device} --force")
+                            f"time what it lacks: nas profile --space {space.cli_name} --device {self.device}")
 
     def bind(self, space: SearchSpace) -> "LatencyTable":
         if self._space is not space:
