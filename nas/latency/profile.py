@@ -206,7 +206,9 @@ def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int,
     csv, gran = Path(old.path), old.granularity
     entries = enumerate_entries(space, gran)
     have = {Entry.from_row(r).key: r for r in old.rows.to_dict("records")}
-    missing = [e for e in entries if e.key not in have]
+    # a stage entry's key fixes its module; the stem's and head's keys do not hold the frame (stem width and
+    # activation, head width): an edit there keeps their keys, so they are always timed again (a handful)
+    missing = [e for e in entries if e.key not in have or e.kind in ("stem", "head")]
     ref = Entry.from_key(old.meta["reference"]["key"])
     header = {**_header(space, old.fingerprint, gran, protocol, "extension"), "reference": ref.key}
     partial = PartialResults(csv.with_name(f"{old.device}.extension.partial.jsonl"), header)
@@ -214,7 +216,7 @@ def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int,
         entry_items(space, missing, batch), partial, f"extend {space.name} table on {old.device}", quiet)
     ref_ms = float(old.meta["reference"]["median_ms"])
     new = {e.key: {**e.as_row(), **engine.summarise(partial.records[e.key], ref_ms)} for e in missing}
-    rows = pd.DataFrame([have.get(e.key) or new[e.key] for e in entries])
+    rows = pd.DataFrame([new[e.key] if e.key in new else have[e.key] for e in entries])
     rows = rows[list(KEY_COLUMNS) + ["median_ms", "p10_ms", "p90_ms", "runs"]]
     session_ref = engine.reference_ms(partial.records[e.key] for e in missing)
     meta = {**old.meta, "space_signature": space.signature(), "entries": len(entries),
@@ -222,7 +224,7 @@ def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int,
             "extensions": [*old.meta.get("extensions", []), {
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "kept": len(entries) - len(missing), "measured": len(missing),
-                "dropped": len(have) - (len(entries) - len(missing)),
+                "dropped": len(set(have) - {e.key for e in entries}),
                 "wall_time_s": round(partial.header["elapsed_s"], 1),
                 "session_reference_ms": session_ref if np.isfinite(session_ref) else None}]}
     table = LatencyTable(rows, meta, csv)
@@ -427,6 +429,8 @@ def describe(table: LatencyTable) -> str:
     v = table.meta.get("validation") or {}
     text = (f"{table.path}: {len(table.rows)} entries, {table.granularity} granularity, "
             f"reference {table.meta['reference']['median_ms']:.4f} ms, wall {table.meta.get('wall_time_s', 0):.0f}s")
+    for ext in table.meta.get("extensions", []):
+        text += f", extended {ext['date'][:10]} (+{ext['measured']} entries, {ext['wall_time_s']:.0f}s)"
     if v:
         text += (f"\nvalidation on {v['networks']} held-out networks: within 10% {v['share_within_10pct']:.0%}, "
                  f"MAPE {v['mape']:.1%}, Kendall tau {v['kendall_tau']:.3f}, noise floor {v['noise_floor']:.0%}"

@@ -118,15 +118,20 @@ class LatencyTable:
                             f"use latency_tables/{space.name}/ or profile this space")
         sig = self.meta.get("space_signature")
         if sig and sig != space.signature():
-            raise UserError(where, f"space {space.name!r} changed since this table was measured",
-                            f"time what it lacks: nas profile --space {space.cli_name} --device {self.device}")
+            raise UserError(where, f"space {space.name!r} changed since this table was measured", self._fix(space))
         if self.granularity not in GRANULARITIES:
             raise UserError(where, f"unknown granularity {self.granularity!r}", f"use one of {GRANULARITIES}")
         missing = self.missing(space)
         if missing:
             shown = ", ".join(e.key for e in missing[:3])
             raise UserError(where, f"{len(missing)} entries the space needs are missing (e.g. {shown})",
-                            f"time what it lacks: nas profile --space {space.cli_name} --device {self.device}")
+                            self._fix(space))
+
+    def _fix(self, space: SearchSpace) -> str:
+        cmd = f"nas profile --space {space.cli_name} --device {self.device}"
+        if (self.meta.get("source") or {}).get("imported"):  # measured on a remote device
+            return f"measure it there again: {cmd} --export-bundle DIR, then --import-results DIR"
+        return f"time what it lacks: {cmd}"
 
     def bind(self, space: SearchSpace) -> "LatencyTable":
         if self._space is not space:
