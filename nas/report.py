@@ -191,7 +191,7 @@ def pick_from_front(pareto: pd.DataFrame, first: dict[str, str], constraints: li
     """The front member best on the run's first objective (``{"name", "direction"}``) among those meeting every
     constraint; ``where`` names the front in errors."""
     ok = np.ones(len(pareto), dtype=bool)
-    for c in constraints:
+    for i, c in enumerate(constraints):
         if c.name not in pareto:
             numeric = [k for k in pareto.columns if pd.api.types.is_numeric_dtype(pareto[k])
                        and k not in ("island", "generation", "evaluation", "seed")]
@@ -200,8 +200,8 @@ def pick_from_front(pareto: pd.DataFrame, first: dict[str, str], constraints: li
         ok &= c.violation(values) <= 0
         if not ok.any():
             lo, hi = np.nanmin(values), np.nanmax(values)
-            raise UserError("--pick", f"no network of {where} meets {c}" + (" with the bounds before it" if len(
-                constraints) > 1 else ""), f"its {c.name} spans {lo:.4g}..{hi:.4g}; loosen the bound")
+            raise UserError("--pick", f"no network of {where} meets {c}" + (" with the bounds before it" if i else ""),
+                            f"its {c.name} spans {lo:.4g}..{hi:.4g}; loosen the bound")
     chosen = pareto[ok]
     col = chosen[first["name"]]
     return pareto.loc[col.idxmax() if first["direction"] == "max" else col.idxmin()]
