@@ -74,15 +74,20 @@ def profile(space: "str | SearchSpace", device: str, *, backend: Optional[str] =
 def export_bundle(space: "str | SearchSpace", device: str, bundle: str | Path, *, backend: Optional[str] = None,
                   threads: Optional[int] = None, batch: int = 1, granularity: str = "stage", rounds: int = 7,
                   chunk: int = 150, target_ms: float = 2.0, spread_tol: float = 0.10, validate: int = 0,
-                  fit_networks: int = 30, seed: int = 0, quiet: bool = False) -> Path:
-    """``nas profile --export-bundle``: a self-contained folder to measure ``device`` remotely."""
+                  fit_networks: int = 30, out_root: str | Path = "latency_tables", force: bool = False,
+                  seed: int = 0, quiet: bool = False) -> Path:
+    """``nas profile --export-bundle``: a self-contained folder to measure ``device`` remotely. Where
+    ``out_root`` holds this device's table of an earlier version of the space, the bundle holds only what the
+    edit added and its import extends that table (``force``: measure everything again)."""
     from .latency import profile as P
 
     be = P.resolve_device(device, backend, threads)
     if be.name != "onnxruntime":
         raise UserError("--export-bundle", "bundles run ONNX Runtime", "use an ort device name")
-    return P.export_bundle(load_space(space), device, bundle, be.threads, batch, granularity,
-                           _protocol(rounds, chunk, target_ms, spread_tol, seed), validate, fit_networks, quiet)
+    sp = load_space(space)
+    return P.export_bundle(sp, device, bundle, be.threads, batch, granularity,
+                           _protocol(rounds, chunk, target_ms, spread_tol, seed), validate, fit_networks, quiet,
+                           extends=P.table_to_extend(sp, device, out_root, force))
 
 
 def import_results(bundle: str | Path, *, space: "str | SearchSpace | None" = None,

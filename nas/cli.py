@@ -34,9 +34,12 @@ def cmd_profile(a: argparse.Namespace) -> int:
     if not a.space or not a.device:
         raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
     if a.export_bundle:
-        out = api.export_bundle(**_kwargs(a, "import_results", "export_bundle", "out_root", "force"),
-                                bundle=a.export_bundle)
-        print(f"bundle written to {out}; on the device run: python {out}/run_bundle.py")
+        from .io import read_json
+
+        out = api.export_bundle(**_kwargs(a, "import_results", "export_bundle"), bundle=a.export_bundle)
+        ext = read_json(out / "manifest.json", "bundle manifest").get("extends")
+        extends = f" (extends the {a.device} table: {ext['entries']} entries to time)" if ext else ""
+        print(f"bundle written to {out}{extends}; on the device run: python {out}/run_bundle.py")
         return 0
     print(describe(api.profile(**_kwargs(a, "import_results", "export_bundle"))))
     return 0

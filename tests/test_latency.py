@@ -232,3 +232,38 @@ def test_profile_of_an_edited_space_times_only_what_the_edit_added(tmp_path, tin
     assert ((k7 > 0) & (k7 < 100 * old.max())).all()  # on the same scale (ms), not ratios or seconds
     assert LatencyTable.find(edited, "cpu-ort-1t", tmp_path).device == "cpu-ort-1t"
     assert not list(tmp_path.rglob("*.partial.*"))
+
+
+def test_bundle_for_an_edited_space_holds_only_what_the_edit_added(tiny_space, tmp_path):
+    """A remote device's table, the space edited: the new bundle times only the new entries (plus stem and
+    head) against the table's reference model; importing it extends the table; importing it twice is refused."""
+    from nas import api
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run_on_device(bundle):
+        out = subprocess.run([sys.executable, "-I", str(bundle / "run_bundle.py"), str(bundle), "--quiet"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+
+    tables, fast = tmp_path / "tables", dict(rounds=2, chunk=8, target_ms=0.3, quiet=True)
+    first_bundle = api.export_bundle(tiny_space, "board-ort-1t", tmp_path / "b1", out_root=tables, **fast)
+    run_on_device(first_bundle)
+    first = import_results(first_bundle, tables)
+    edited = SearchSpace.from_dict({**TINY_SPACE, "defaults": {**TINY_SPACE["defaults"], "kernel": [3, 5, 7]}},
+                                   source="tiny.yaml")
+    bundle = api.export_bundle(edited, "board-ort-1t", tmp_path / "b2", out_root=tables, **fast)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    needed = enumerate_entries(edited, "stage")
+    new_stage = [e for e in needed if e.kind == "stage" and e.kernel == 7]
+    frame = [e for e in needed if e.kind in ("stem", "head")]
+    assert len(manifest["entries"]) == manifest["extends"]["entries"] == len(new_stage) + len(frame)
+    assert manifest["reference"]["key"] == first.meta["reference"]["key"]
+    run_on_device(bundle)
+    table = import_results(bundle, tables)
+    assert not table.missing(edited) and table.meta["extensions"][-1]["source"] == "bundle"
+    kept = first.rows[first.rows["kind"] == "stage"].reset_index(drop=True)
+    merged = table.rows[(table.rows["kind"] == "stage") & (table.rows["kernel"] != 7)].reset_index(drop=True)
+    np.testing.assert_array_equal(merged["median_ms"].to_numpy(), kept["median_ms"].to_numpy())
+    with pytest.raises(UserError, match="changed since this bundle was exported"):
+        import_results(bundle, tables)

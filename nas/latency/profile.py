@@ -191,44 +191,71 @@ def _existing_table(csv: Path, space: SearchSpace, fp: dict[str, Any], be: Backe
     if diff:
         raise UserError(csv, f"table was measured in another environment ({'; '.join(diff)})",
                         "name another --device, or pass --force to re-measure it here")
-    if table.space_name == space.name and (table.meta.get("space_signature") not in (None, space.signature())
-                                           or table.missing(space)):
+    if needs_extension(table, space):
         table = extend_table(table, space, be, batch, protocol, quiet)
     table.bind(space)
     return table
 
 
-def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int, protocol: Protocol,
-                 quiet: bool = False) -> LatencyTable:
-    """The space was edited since ``old`` was measured: keep the entries it still needs, time only the ones it
-    lacks, against ``old``'s own reference model, and put them on ``old``'s scale (ratio to that reference x
-    its reference time), so that no absolute timings of two sessions are compared. Resumable like a profile."""
-    csv, gran = Path(old.path), old.granularity
-    entries = enumerate_entries(space, gran)
+def needs_extension(table: LatencyTable, space: SearchSpace) -> bool:
+    """``table`` was measured for an earlier version of ``space`` (or lacks entries it needs)."""
+    return table.space_name == space.name and (
+        table.meta.get("space_signature") not in (None, space.signature()) or bool(table.missing(space)))
+
+
+def table_to_extend(space: SearchSpace, device: str, out_root: str | Path, force: bool) -> Optional[LatencyTable]:
+    """This device's table under ``out_root`` where an edit of ``space`` left it incomplete (``force``: none)."""
+    csv = table_path(space.name, device, out_root)
+    if force or not csv.exists():
+        return None
+    table = LatencyTable.load(csv)
+    return table if needs_extension(table, space) else None
+
+
+def entries_to_extend(old: LatencyTable, space: SearchSpace) -> tuple[list[Entry], list[Entry]]:
+    """The entries the (edited) space needs, and those of them ``old`` cannot give: the ones it lacks, and
+    always the stem and the head (a stage entry's key fixes its module; the stem's and head's keys do not hold
+    the frame, e.g. the stem width or the head's width, so an edit there keeps their keys)."""
+    entries = enumerate_entries(space, old.granularity)
+    have = {Entry.from_row(r).key for r in old.rows.to_dict("records")}
+    return entries, [e for e in entries if e.key not in have or e.kind in ("stem", "head")]
+
+
+def merge_extension(old: LatencyTable, space: SearchSpace, records: dict[str, dict], wall_time_s: float,
+                    where: dict[str, Any]) -> LatencyTable:
+    """``old`` plus the entries measured for the edited space (``records``: ratios to ``old``'s reference model),
+    on ``old``'s scale; saved in place of ``old``. Validation and correction are cleared: they were fitted on
+    networks of the space before the edit."""
+    entries, missing = entries_to_extend(old, space)
     have = {Entry.from_row(r).key: r for r in old.rows.to_dict("records")}
-    # a stage entry's key fixes its module; the stem's and head's keys do not hold the frame (stem width and
-    # activation, head width): an edit there keeps their keys, so they are always timed again (a handful)
-    missing = [e for e in entries if e.key not in have or e.kind in ("stem", "head")]
-    ref = Entry.from_key(old.meta["reference"]["key"])
-    header = {**_header(space, old.fingerprint, gran, protocol, "extension"), "reference": ref.key}
-    partial = PartialResults(csv.with_name(f"{old.device}.extension.partial.jsonl"), header)
-    Timer(space, be, batch, protocol, reference=ref).measure(
-        entry_items(space, missing, batch), partial, f"extend {space.name} table on {old.device}", quiet)
     ref_ms = float(old.meta["reference"]["median_ms"])
-    new = {e.key: {**e.as_row(), **engine.summarise(partial.records[e.key], ref_ms)} for e in missing}
+    new = {e.key: {**e.as_row(), **engine.summarise(records[e.key], ref_ms)} for e in missing}
     rows = pd.DataFrame([new[e.key] if e.key in new else have[e.key] for e in entries])
     rows = rows[list(KEY_COLUMNS) + ["median_ms", "p10_ms", "p90_ms", "runs"]]
-    session_ref = engine.reference_ms(partial.records[e.key] for e in missing)
+    session_ref = engine.reference_ms(records[e.key] for e in missing)
     meta = {**old.meta, "space_signature": space.signature(), "entries": len(entries),
-            "validation": None, "correction": None,  # fitted on networks of the space before the edit
+            "validation": None, "correction": None,
             "extensions": [*old.meta.get("extensions", []), {
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "kept": len(entries) - len(missing), "measured": len(missing),
-                "dropped": len(set(have) - {e.key for e in entries}),
-                "wall_time_s": round(partial.header["elapsed_s"], 1),
-                "session_reference_ms": session_ref if np.isfinite(session_ref) else None}]}
-    table = LatencyTable(rows, meta, csv)
-    table.save(csv)
+                "dropped": len(set(have) - {e.key for e in entries}), "wall_time_s": round(wall_time_s, 1),
+                "session_reference_ms": session_ref if np.isfinite(session_ref) else None, **where}]}
+    table = LatencyTable(rows, meta, Path(old.path))
+    table.save()
+    return table.bind(space)
+
+
+def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int, protocol: Protocol,
+                 quiet: bool = False) -> LatencyTable:
+    """The space was edited since ``old`` was measured here: time only what it lacks, against ``old``'s own
+    reference model, so that no absolute timings of two sessions are compared. Resumable like a profile."""
+    _, missing = entries_to_extend(old, space)
+    ref = Entry.from_key(old.meta["reference"]["key"])
+    header = {**_header(space, old.fingerprint, old.granularity, protocol, "extension"), "reference": ref.key}
+    partial = PartialResults(Path(old.path).with_name(f"{old.device}.extension.partial.jsonl"), header)
+    Timer(space, be, batch, protocol, reference=ref).measure(
+        entry_items(space, missing, batch), partial, f"extend {space.name} table on {old.device}", quiet)
+    table = merge_extension(old, space, partial.records, partial.header["elapsed_s"], {"source": "profile"})
     partial.remove()
     return table
 
@@ -329,8 +356,10 @@ def record_validation(table: LatencyTable, pop: np.ndarray, records: dict[str, d
 # ---------------------------------------------------------------------- remote bundles
 def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: int = 1, batch: int = 1,
                   granularity: str = "stage", protocol: Protocol = Protocol(), validate: int = 0,
-                  fit_networks: int = 30, quiet: bool = False) -> Path:
-    """Write ONNX files, a manifest and a standalone runner (Python + numpy + onnxruntime) to ``bundle``."""
+                  fit_networks: int = 30, quiet: bool = False, extends: Optional[LatencyTable] = None) -> Path:
+    """Write ONNX files, a manifest and a standalone runner (Python + numpy + onnxruntime) to ``bundle``.
+    ``extends``: this device's table of an earlier version of the space; the bundle then holds only what the
+    edited space lacks, timed against that table's reference model, and its import extends it."""
     from ..export import onnx_bytes
 
     if validate:
@@ -338,12 +367,12 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
     bundle = Path(bundle)
     models = bundle / "models"
     models.mkdir(parents=True, exist_ok=True)
-    entries = enumerate_entries(space, granularity)
+    entries = entries_to_extend(extends, space)[1] if extends else enumerate_entries(space, granularity)
     items = entry_items(space, entries, batch)
     pop = validation_sample(space, validate, 12345) if validate else np.zeros((0, space.D), dtype=np.int64)
     for tag in ("A:", "B:"):
         items += network_items(space, pop, batch, tag)
-    ref = reference_entry(space)
+    ref = Entry.from_key(extends.meta["reference"]["key"]) if extends else reference_entry(space)
     manifest_entries, files = [], {}
     with progress_bar(quiet) as bar:
         task = bar.add_task("export bundle", total=len(items) + 1)
@@ -361,7 +390,9 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
             bar.advance(task)
     manifest = {"format": "hwnas-latency-bundle", "version": 1, "space": space.name,
                 "space_signature": space.signature(), "space_config": space.config,
-                "device": device, "granularity": granularity,
+                "device": device, "granularity": extends.granularity if extends else granularity,
+                "extends": {"table_signature": extends.meta.get("space_signature"),
+                            "table_date": extends.meta.get("date"), "entries": len(entries)} if extends else None,
                 "validation": {"networks": pop.tolist(), "fit_networks": fit_networks},
                 "reference": {"key": ref.key, "file": ref_file, "input_shape": list(ref.input_shape(batch, space))},
                 "protocol": {**asdict(protocol), "threads": threads, "batch": batch},
@@ -405,17 +436,34 @@ def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
             raise UserError(bundle, f"results come from another environment than {csv} ({'; '.join(diff)})",
                             "import under another --device name, or delete the old table")
     granularity = manifest["granularity"]
-    entries = enumerate_entries(space, granularity)
     protocol = Protocol(**{k: manifest["protocol"][k] for k in asdict(Protocol())})
     wall = float(fp.get("elapsed_s", 0.0))
-    table = finish_table(space, device, granularity, fp, protocol, entries, records, wall,
-                         manifest["reference"]["key"], csv)
-    table.meta["source"] = {"bundle": str(bundle), "imported": True}
-    table.save()
+    if manifest.get("extends"):
+        table = merge_extension(_extended_base(csv, bundle, manifest), space, records, wall,
+                                {"source": "bundle", "bundle": str(bundle)})
+    else:
+        table = finish_table(space, device, granularity, fp, protocol, enumerate_entries(space, granularity),
+                             records, wall, manifest["reference"]["key"], csv)
+        table.meta["source"] = {"bundle": str(bundle), "imported": True}
+        table.save()
     pop = np.asarray(manifest["validation"]["networks"], dtype=np.int64).reshape(-1, space.D)
     if len(pop):
         record_validation(table, pop, records, int(manifest["validation"]["fit_networks"]))
     return table
+
+
+def _extended_base(csv: Path, bundle: Path, manifest: dict) -> LatencyTable:
+    """The table an extension bundle extends, as it was when the bundle was exported."""
+    if not csv.exists():
+        raise UserError(bundle, f"extends {csv}, which is not there", "import it into the folder that holds that table "
+                        "(--out-root)")
+    base = LatencyTable.load(csv)
+    ext = manifest["extends"]
+    if base.meta.get("space_signature") != ext["table_signature"] or \
+            base.meta["reference"]["key"] != manifest["reference"]["key"]:
+        raise UserError(bundle, f"{csv} changed since this bundle was exported from it",
+                        "export a new bundle (nas profile ... --export-bundle) and measure it")
+    return base
 
 
 def bundle_space(bundle: Path, manifest: dict) -> SearchSpace:
