@@ -306,10 +306,11 @@ def measure_networks(space: SearchSpace, table: LatencyTable, archs: list[Arch])
 
     from .latency import engine
     from .latency.backends import make_backend
-    from .latency.profile import Item, PartialResults, Protocol, Timer
+    from .latency.profile import Item, PartialResults, Protocol, Timer, table_reference
 
     fp = table.fingerprint
-    timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], Protocol(rounds=7))
+    timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], Protocol(rounds=7),
+                  reference=table_reference(table))
     f = space.frame
     shape = (fp["batch"], f.in_chans, f.input_size, f.input_size)
     items = [Item(a.id, (lambda a=a: build_model(a)), shape) for a in dict.fromkeys(archs)]

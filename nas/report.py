@@ -125,7 +125,7 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
     """
     from .latency import engine
     from .latency.backends import make_backend
-    from .latency.profile import PartialResults, Protocol, Timer, network_items
+    from .latency.profile import PartialResults, Protocol, Timer, network_items, table_reference
 
     problem = res.problem
     if problem.tabular:
@@ -143,7 +143,8 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
             raise UserError("--measure", f"table {device} was measured elsewhere ({'; '.join(diff)})",
                             "run --measure on the device the table describes")
         protocol = Protocol(**table.meta.get("protocol", {}))
-        timer = Timer(problem.space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol)
+        timer = Timer(problem.space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
+                      reference=table_reference(table))
         state = Path(res.out or ".") / "state" / f"measure_{device}.jsonl"
         partial = PartialResults(state, {"fingerprint": fp, "protocol": table.meta.get("protocol")})
         timer.measure(network_items(problem.space, pop, fp["batch"]), partial, f"measure front on {device}", quiet)

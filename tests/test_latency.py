@@ -267,3 +267,25 @@ def test_bundle_for_an_edited_space_holds_only_what_the_edit_added(tiny_space, t
     np.testing.assert_array_equal(merged["median_ms"].to_numpy(), kept["median_ms"].to_numpy())
     with pytest.raises(UserError, match="changed since this bundle was exported"):
         import_results(bundle, tables)
+
+
+def test_measurements_for_an_extended_table_time_against_its_reference(tmp_path, tiny_space, monkeypatch):
+    """After an edit that moves the space's own reference model (kernel choices 3,5 -> 3,5,7,9: the middle one
+    is 7, not 5), extension and validation still time against the table's reference: its scale."""
+    from nas.latency import profile as P
+
+    first = profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    edited = SearchSpace.from_dict({**TINY_SPACE, "defaults": {**TINY_SPACE["defaults"], "kernel": [3, 5, 7, 9]}},
+                                   source="tiny.yaml")
+    assert P.reference_entry(edited).key != first.meta["reference"]["key"]
+    used = []
+
+    class Recording(P.Timer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append(self.reference_key)
+
+    monkeypatch.setattr(P, "Timer", Recording)
+    table = profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, validate=14, fit_networks=6, quiet=True)
+    assert len(used) == 2 and set(used) == {first.meta["reference"]["key"]} == {table.meta["reference"]["key"]}
+    assert table.meta["validation"]["networks"] == 8

@@ -62,6 +62,13 @@ def reference_entry(space: SearchSpace) -> Entry:
                  mid(st.channels), False, st.act[0])
 
 
+def table_reference(table: LatencyTable) -> Entry:
+    """The reference model ``table``'s times are ratios to: measurements meant to sit on its scale (validation,
+    extension, re-measured fronts) must time against it, even where the space was edited since and its own
+    reference would now be another model."""
+    return Entry.from_key(table.meta["reference"]["key"])
+
+
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     return build()
@@ -179,7 +186,7 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
                              partial.header["elapsed_s"], timer.reference_key, csv)
         partial.remove()
     if validate:
-        timer = timer or Timer(space, be, batch, protocol)
+        timer = timer or Timer(space, be, batch, protocol, reference=table_reference(table))
         validate_table(table, timer, validate, fit_networks, quiet=quiet)
     return table
 
@@ -250,7 +257,7 @@ def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int,
     """The space was edited since ``old`` was measured here: time only what it lacks, against ``old``'s own
     reference model, so that no absolute timings of two sessions are compared. Resumable like a profile."""
     _, missing = entries_to_extend(old, space)
-    ref = Entry.from_key(old.meta["reference"]["key"])
+    ref = table_reference(old)
     header = {**_header(space, old.fingerprint, old.granularity, protocol, "extension"), "reference": ref.key}
     partial = PartialResults(Path(old.path).with_name(f"{old.device}.extension.partial.jsonl"), header)
     Timer(space, be, batch, protocol, reference=ref).measure(
@@ -372,7 +379,7 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
     pop = validation_sample(space, validate, 12345) if validate else np.zeros((0, space.D), dtype=np.int64)
     for tag in ("A:", "B:"):
         items += network_items(space, pop, batch, tag)
-    ref = Entry.from_key(extends.meta["reference"]["key"]) if extends else reference_entry(space)
+    ref = table_reference(extends) if extends else reference_entry(space)
     manifest_entries, files = [], {}
     with progress_bar(quiet) as bar:
         task = bar.add_task("export bundle", total=len(items) + 1)
