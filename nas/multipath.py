@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +45,7 @@ from torch import nn
 from .blocks import build_head, build_stage, build_stem
 from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
 from .errors import UserError
-from .io import write_json, write_torch
+from .io import write_csv, write_json, write_torch
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
@@ -227,6 +228,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     rng = np.random.default_rng(cfg.seed)
     step, seconds = 0, 0.0
     val_index = {d: 0 for d in domains}  # which held-out batch each domain's next reward uses
+    history: list[dict[str, Any]] = []  # every controller step's reward per domain: search_history.csv
     ckpt = out / "search.ckpt"
     if ckpt.exists():
         st = torch.load(ckpt, map_location=device, weights_only=True)
@@ -238,6 +240,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
             controllers[d].load_state_dict(extra["controllers"][d])
             data[d].train.load_state_dict(extra["loaders"][d])
         val_index = dict(extra["val_index"])
+        history = list(extra.get("history", []))
         prio.load_state_dict(extra["prio"])
         rng.bit_generator.state = extra["rng"]
     iters = {d: _cycle(data[d].train) for d in domains}
@@ -260,7 +263,6 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     bonus = sharing_bonus if cfg.share_weight and len(domains) > 1 else None
 
     t0 = time.time()
-    history = []
     with progress_bar(quiet) as bar:
         task = bar.add_task("multipath search", total=cfg.steps, completed=step)
         while step < cfg.steps:
@@ -292,11 +294,13 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                 extra = {"step": step, "seconds": seconds + time.time() - t0, "prio": prio.state_dict(),
                          "rng": rng.bit_generator.state,
                          "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
-                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index}
+                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index,
+                         "history": history}
                 write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(), "extra": json.dumps(extra)})
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
     write_torch(out / "supernet.pt", {k: v.cpu() for k, v in net.state_dict().items()})
+    write_csv(out / "search_history.csv", pd.DataFrame(history, columns=["step", "domain", "val_acc", "trained", "loss"]))
     return {"paths": paths, "net": net, "history": history, "counts": dict(prio.counts),
             "seconds": seconds + time.time() - t0, "controllers": controllers}
 

@@ -102,6 +102,11 @@ def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_pa
     assert {d: a.id for d, a in resumed["paths"].items()} == {d: a.id for d, a in full["paths"].items()}
     for (k, v), w in zip(full["net"].state_dict().items(), resumed["net"].state_dict().values()):
         torch.testing.assert_close(v, w, msg=k)
+    import pandas as pd  # the reward history survives the kill: the resumed run's CSV is the uninterrupted one's
+
+    h_full, h_resumed = (pd.read_csv(tmp_path / x / "search_history.csv") for x in ("a", "b"))
+    pd.testing.assert_frame_equal(h_full, h_resumed, check_exact=False, rtol=1e-4)
+    assert len(h_full) == 2 * cfg.steps // cfg.controller_every
 
 
 def test_bad_domains(mini_space, synthetic_npz):
