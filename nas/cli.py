@@ -197,16 +197,39 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nas", description="Hardware-aware neural architecture search.")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command")
+# ---------------------------------------------------------------------- parser: one function per command
+def _common_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
+def _train_device_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--train-device", default="cpu", metavar="TORCH_DEVICE",
+                    help="where PyTorch trains: cpu (default), cuda, cuda:N or mps (with --workers on CUDA, "
+                         "Ray shares each GPU among that many tasks)")
+
+
+def _data_args(sp: argparse.ArgumentParser, *, samples: bool = False, fits: bool = False, parallel: bool = True,
+               out_help: str = "pipeline folder (teacher/, blocks/, samples.jsonl)") -> None:
+    sp.add_argument("--space", default="mobilenetv3_cifar")
+    sp.add_argument("--data", default="../shared/data/cifar10.npz",
+                    help="cifar10.npz, a CIFAR-10 folder, Fashion-MNIST IDX folder or an ImageFolder tree")
+    sp.add_argument("--out", default="runs/predictor", help=out_help)
+    sp.add_argument("--subset", type=int, default=None, help="use only N training images (quick runs)")
+    if parallel:
+        sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
+        sp.add_argument("--ray-address", help="join an existing Ray cluster")
+    if fits:
+        sp.add_argument("--dataset", default="cifar10",
+                        help="dataset name recorded in the predictor (predictors/<space>/<DATASET>.json)")
+    if samples:
+        sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
+        sp.add_argument("--sample-seeds", type=int, default=1, metavar="K",
+                        help="fine-tune every sample with K seeds (--seed .. --seed+K-1) and fit their mean")
+    _common_args(sp)
+
+
+def _profile_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("profile", help="measure a latency table for a device (or export/import a bundle)")
     sp.add_argument("--space", help="search space name or YAML path")
     sp.add_argument("--device", help="device name <hardware>-<ort|torch>-<threads>t, e.g. cpu-ort-1t")
@@ -227,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="re-measure an existing table from scratch")
     sp.add_argument("--export-bundle", metavar="DIR", help="write a self-contained bundle for a remote device")
     sp.add_argument("--import-results", metavar="DIR", help="turn a measured bundle into a table")
-    common(sp)
+    _common_args(sp)
 
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("search", help="search for the Pareto front (default: cifar space, shipped table+predictor)")
     sp.add_argument("--space", default="mobilenetv3_cifar", help="search space name or YAML path")
     sp.add_argument("--table", help="tabular space: a CSV of decision and objective columns")
@@ -254,65 +279,51 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--storage", help="optuna: storage URL (default: SQLite in the run folder)")
     sp.add_argument("--out", help="run folder (default: runs/<space>-<controller>-<config hash>)")
     sp.add_argument("--measure", action="store_true", help="re-measure the front end to end on this device")
-    common(sp)
+    _common_args(sp)
 
-    def train_device_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--train-device", default="cpu", metavar="TORCH_DEVICE",
-                        help="where PyTorch trains: cpu (default), cuda, cuda:N or mps (with --workers on CUDA, "
-                             "Ray shares each GPU among that many tasks)")
 
-    def data_args(sp: argparse.ArgumentParser, *, samples: bool = False, fits: bool = False, parallel: bool = True,
-                  out_help: str = "pipeline folder (teacher/, blocks/, samples.jsonl)") -> None:
-        sp.add_argument("--space", default="mobilenetv3_cifar")
-        sp.add_argument("--data", default="../shared/data/cifar10.npz",
-                        help="cifar10.npz, a CIFAR-10 folder, Fashion-MNIST IDX folder or an ImageFolder tree")
-        sp.add_argument("--out", default="runs/predictor", help=out_help)
-        sp.add_argument("--subset", type=int, default=None, help="use only N training images (quick runs)")
-        if parallel:
-            sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
-            sp.add_argument("--ray-address", help="join an existing Ray cluster")
-        if fits:
-            sp.add_argument("--dataset", default="cifar10",
-                            help="dataset name recorded in the predictor (predictors/<space>/<DATASET>.json)")
-        if samples:
-            sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
-            sp.add_argument("--sample-seeds", type=int, default=1, metavar="K",
-                            help="fine-tune every sample with K seeds (--seed .. --seed+K-1) and fit their mean")
-        common(sp)
-
+def _teacher_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("teacher", help="train the reference network, or load a user checkpoint")
-    data_args(sp, parallel=False)  # one network: nothing to spread over workers
+    _data_args(sp, parallel=False)  # one network: nothing to spread over workers
     sp.add_argument("--arch", default="largest", help="arch id of the teacher (default: the space's largest)")
     sp.add_argument("--checkpoint", help="use these weights instead of training (safetensors or state_dict)")
     sp.add_argument("--teacher-epochs", type=float, default=None)
     sp.add_argument("--teacher-lr", type=float, default=None)
-    train_device_arg(sp)
+    _train_device_arg(sp)
 
+
+def _distill_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("distill", help="blockwise distillation: train every stage option, write block quality")
-    data_args(sp)
+    _data_args(sp)
     sp.add_argument("--steps", type=int, default=1000, help="training steps per stage")
-    train_device_arg(sp)
+    _train_device_arg(sp)
 
+
+def _predictor_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("predictor", help="fine-tune sampled architectures, or fit the predictor")
     sp.add_argument("action", choices=["sample", "fit"])
-    data_args(sp, samples=True, fits=True)
+    _data_args(sp, samples=True, fits=True)
     sp.add_argument("--finetune-epochs", type=float, default=None)
     sp.add_argument("--finetune-lr", type=float, default=None)
     sp.add_argument("--predictor-out", help="where to write the predictor JSON (default: OUT/predictor.json)")
     sp.add_argument("--placement-ranking", metavar="CSV",
                     help="fit: also try the stride placement's score (nas supernet-mixture --space) as a feature")
-    train_device_arg(sp)
+    _train_device_arg(sp)
 
+
+def _pipeline_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("pipeline", help="teacher, distillation, samples and fit in one resumable command")
-    data_args(sp, samples=True, fits=True)
+    _data_args(sp, samples=True, fits=True)
     sp.add_argument("--steps", type=int, default=1000, help="distillation steps per stage")
     for prefix in ("teacher", "finetune"):
         sp.add_argument(f"--{prefix}-epochs", type=float, default=None)
         sp.add_argument(f"--{prefix}-lr", type=float, default=None)
-    train_device_arg(sp)
+    _train_device_arg(sp)
 
+
+def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("adapt", help="NetAdapt: shrink a trained network to a latency budget")
-    data_args(sp, out_help="NetAdapt folder (trajectory.csv, adapted/; a rerun resumes it)")
+    _data_args(sp, out_help="NetAdapt folder (trajectory.csv, adapted/; a rerun resumes it)")
     sp.set_defaults(out="runs/adapt")
     sp.add_argument("--net", help="network folder (arch.json + model.safetensors), e.g. a teacher or export")
     sp.add_argument("--checkpoint", help="state_dict (safetensors or torch file) instead of --net")
@@ -324,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--long-epochs", type=float, default=3.0, help="final fine-tune")
     sp.add_argument("--select", choices=["accuracy", "ratio"], default="accuracy")
     sp.add_argument("--no-measure", action="store_true", help="skip end-to-end measurements in the trajectory")
-    train_device_arg(sp)
+    _train_device_arg(sp)
 
+
+def _multipath_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("multipath", help="multi-domain multi-path NAS: one RL controller per domain")
     sp.add_argument("--domains", nargs="+", required=True,
                     help="known names (cifar10, fashion-mnist), name=path[:classes], or a YAML run file")
@@ -346,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="Ray workers for the proxy retrains (0: in-process)")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/multipath")
-    train_device_arg(sp)
-    common(sp)
+    _train_device_arg(sp)
+    _common_args(sp)
 
+
+def _supernet_mixture_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("supernet-mixture", help="rank downsampling placements with a balanced mixture of supernets")
     sp.add_argument("--models", type=int, default=4, help="M supernets (1: a single supernet)")
     sp.add_argument("--epochs", type=float, default=20.0)
@@ -367,14 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scoring", choices=["best", "assigned"], default="best",
                     help="score a placement by its best model (M evaluations each), or only by the model its "
                          "assignment favours")
-    train_device_arg(sp)
-    common(sp)
+    _train_device_arg(sp)
+    _common_args(sp)
 
+
+def _space_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("space", help="describe a search space or sample from it")
     sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")
     sp.add_argument("--sample", type=int, default=0, metavar="N", help="print N random architectures")
-    common(sp)
+    _common_args(sp)
 
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="write a network as safetensors + arch JSON + ONNX")
     sp.add_argument("arch_id", nargs="?", help="the network (or --pick one from --run's front)")
     sp.add_argument("--space", default="mobilenetv3_cifar")
@@ -384,7 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
                          'e.g. "latency@cpu-ort-1t<=0.2" (repeatable)')
     sp.add_argument("--weights", help="state_dict to load (safetensors or torch file; loaded weights_only)")
     sp.add_argument("--out", default="exported")
-    common(sp)
+    _common_args(sp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nas", description="Hardware-aware neural architecture search.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+    for add in (_profile_parser, _search_parser, _teacher_parser, _distill_parser, _predictor_parser,
+                _pipeline_parser, _adapt_parser, _multipath_parser, _supernet_mixture_parser, _space_parser,
+                _export_parser):
+        add(sub)
     return p
 
 
