@@ -60,7 +60,7 @@ def _protocol(rounds: int, chunk: int, target_ms: float, spread_tol: float, seed
 
 
 def profile(space: "str | SearchSpace", device: str, *, backend: Optional[str] = None,
-            threads: Optional[int] = None, batch: int = 1, granularity: str = "stage", rounds: int = 7,
+            threads: Optional[int] = None, batch: int = 1, granularity: Optional[str] = None, rounds: int = 7,
             chunk: int = 150, target_ms: float = 2.0, spread_tol: float = 0.10, validate: int = 0,
             fit_networks: int = 30, out_root: str | Path = "latency_tables", force: bool = False, seed: int = 0,
             quiet: bool = False) -> "LatencyTable":
@@ -72,7 +72,7 @@ def profile(space: "str | SearchSpace", device: str, *, backend: Optional[str] =
 
 
 def export_bundle(space: "str | SearchSpace", device: str, bundle: str | Path, *, backend: Optional[str] = None,
-                  threads: Optional[int] = None, batch: int = 1, granularity: str = "stage", rounds: int = 7,
+                  threads: Optional[int] = None, batch: int = 1, granularity: Optional[str] = None, rounds: int = 7,
                   chunk: int = 150, target_ms: float = 2.0, spread_tol: float = 0.10, validate: int = 0,
                   fit_networks: int = 30, out_root: str | Path = "latency_tables", force: bool = False,
                   seed: int = 0, quiet: bool = False) -> Path:

@@ -236,8 +236,9 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--backend", choices=["onnxruntime", "ort", "torch"], default=None)
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--batch", type=int, default=1)
-    sp.add_argument("--granularity", choices=["layer", "stage"], default="stage",
-                    help="time whole stage options, or first+repeated layers (default: stage)")
+    sp.add_argument("--granularity", choices=["layer", "stage"], default=None,
+                    help="time whole stage options, or first+repeated layers (default: stage; an existing table "
+                         "keeps its own)")
     sp.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per entry")
     sp.add_argument("--chunk", type=int, default=150, help="entries interleaved together")
     sp.add_argument("--target-ms", type=float, default=2.0, help="length of one timing (back-to-back runs)")

@@ -289,3 +289,14 @@ def test_measurements_for_an_extended_table_time_against_its_reference(tmp_path,
     table = profile(edited, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, validate=14, fit_networks=6, quiet=True)
     assert len(used) == 2 and set(used) == {first.meta["reference"]["key"]} == {table.meta["reference"]["key"]}
     assert table.meta["validation"]["networks"] == 8
+
+
+def test_an_existing_table_keeps_its_granularity_unless_forced(tmp_path, tiny_space):
+    stage = profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True)
+    assert stage.granularity == "stage"
+    assert profile(tiny_space, "cpu-ort-1t", out_root=tmp_path, protocol=FAST, quiet=True).granularity == "stage"
+    with pytest.raises(UserError, match="holds a stage-granularity table, not layer"):
+        profile(tiny_space, "cpu-ort-1t", granularity="layer", out_root=tmp_path, protocol=FAST, quiet=True)
+    layer = profile(tiny_space, "cpu-ort-1t", granularity="layer", force=True, out_root=tmp_path, protocol=FAST,
+                    quiet=True)
+    assert layer.granularity == "layer" and len(layer.rows) < len(stage.rows)

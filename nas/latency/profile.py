@@ -158,11 +158,12 @@ def network_items(space: SearchSpace, pop: np.ndarray, batch: int, prefix: str =
 
 # ---------------------------------------------------------------------- profile
 def profile(space: SearchSpace, device: str, backend: Optional[str] = None, threads: Optional[int] = None,
-            batch: int = 1, granularity: str = "stage", out_root: str | Path = "latency_tables",
+            batch: int = 1, granularity: Optional[str] = None, out_root: str | Path = "latency_tables",
             protocol: Protocol = Protocol(), validate: int = 0, fit_networks: int = 30, force: bool = False,
             quiet: bool = False) -> LatencyTable:
-    """Measure (or finish measuring) the table of ``device`` for ``space``; optionally validate it."""
-    if granularity not in GRANULARITIES:
+    """Measure (or finish measuring) the table of ``device`` for ``space``; optionally validate it.
+    ``granularity``: of a new table (default ``stage``); an existing table keeps its own."""
+    if granularity is not None and granularity not in GRANULARITIES:
         raise UserError("--granularity", f"unknown granularity {granularity!r}", f"use one of {GRANULARITIES}")
     if batch < 1:
         raise UserError("--batch", f"must be at least 1, got {batch}", "give a positive batch size")
@@ -174,9 +175,10 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
     if csv.exists() and force:
         csv.unlink()
         meta_path(csv).unlink(missing_ok=True)
-    table = _existing_table(csv, space, fp, be, batch, protocol, quiet) if csv.exists() else None
+    table = _existing_table(csv, space, fp, be, batch, protocol, quiet, granularity) if csv.exists() else None
     timer = None
     if table is None:
+        granularity = granularity or "stage"
         entries = enumerate_entries(space, granularity)
         partial = PartialResults(csv.with_name(f"{device}.partial.jsonl"),
                                  _header(space, fp, granularity, protocol, "table"))
@@ -192,12 +194,15 @@ def profile(space: SearchSpace, device: str, backend: Optional[str] = None, thre
 
 
 def _existing_table(csv: Path, space: SearchSpace, fp: dict[str, Any], be: Backend, batch: int,
-                    protocol: Protocol, quiet: bool) -> LatencyTable:
+                    protocol: Protocol, quiet: bool, granularity: Optional[str] = None) -> LatencyTable:
     table = LatencyTable.load(csv)
     diff = engine.fingerprint_mismatch(table.fingerprint, fp)
     if diff:
         raise UserError(csv, f"table was measured in another environment ({'; '.join(diff)})",
                         "name another --device, or pass --force to re-measure it here")
+    if granularity and granularity != table.granularity:
+        raise UserError(csv, f"holds a {table.granularity}-granularity table, not {granularity}",
+                        "drop --granularity to use it, or add --force to re-measure it")
     if needs_extension(table, space):
         table = extend_table(table, space, be, batch, protocol, quiet)
     table.bind(space)
@@ -362,7 +367,7 @@ def record_validation(table: LatencyTable, pop: np.ndarray, records: dict[str, d
 
 # ---------------------------------------------------------------------- remote bundles
 def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: int = 1, batch: int = 1,
-                  granularity: str = "stage", protocol: Protocol = Protocol(), validate: int = 0,
+                  granularity: Optional[str] = None, protocol: Protocol = Protocol(), validate: int = 0,
                   fit_networks: int = 30, quiet: bool = False, extends: Optional[LatencyTable] = None) -> Path:
     """Write ONNX files, a manifest and a standalone runner (Python + numpy + onnxruntime) to ``bundle``.
     ``extends``: this device's table of an earlier version of the space; the bundle then holds only what the
@@ -374,6 +379,10 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
     bundle = Path(bundle)
     models = bundle / "models"
     models.mkdir(parents=True, exist_ok=True)
+    if extends and granularity and granularity != extends.granularity:
+        raise UserError("--granularity", f"the {device} table being extended has {extends.granularity} granularity",
+                        "drop --granularity, or add --force to export a full bundle")
+    granularity = extends.granularity if extends else granularity or "stage"
     entries = entries_to_extend(extends, space)[1] if extends else enumerate_entries(space, granularity)
     items = entry_items(space, entries, batch)
     pop = validation_sample(space, validate, 12345) if validate else np.zeros((0, space.D), dtype=np.int64)
@@ -397,7 +406,7 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
             bar.advance(task)
     manifest = {"format": "hwnas-latency-bundle", "version": 1, "space": space.name,
                 "space_signature": space.signature(), "space_config": space.config,
-                "device": device, "granularity": extends.granularity if extends else granularity,
+                "device": device, "granularity": granularity,
                 "extends": {"table_signature": extends.meta.get("space_signature"),
                             "table_date": extends.meta.get("date"), "entries": len(entries)} if extends else None,
                 "validation": {"networks": pop.tolist(), "fit_networks": fit_networks},
