@@ -236,3 +236,13 @@ def test_measure_flags_and_drops_members_that_break_the_constraint(tiny_space, t
     if run["dropped_by_measurement"]:
         dropped = pd.read_csv(tmp_path / "run2" / "pareto_dropped.csv")
         assert (dropped["measured_latency@cpu-ort-1t"] > bound).all()
+
+
+@pytest.mark.parametrize("kw,option", [({"targets": [0.1]}, "--targets"), ({"sampler": "tpe"}, "--sampler"),
+                                       ({"storage": "sqlite:///x.db"}, "--storage")])
+def test_another_controllers_option_is_an_error_not_ignored(small_table, kw, option):
+    from nas.errors import UserError
+
+    path, decisions = small_table
+    with pytest.raises(UserError, match=f"{option}: only the"):
+        run_search(_cfg(path, decisions, controller="evolution", evaluations=60, **kw), quiet=True)

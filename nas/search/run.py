@@ -309,6 +309,14 @@ def _check_config(cfg: SearchConfig) -> None:
         raise UserError("--population", f"must be at least 2, got {cfg.population}", "e.g. --population 48")
     if cfg.table and not cfg.decisions:
         raise UserError("--decisions", "a tabular search needs its decision columns", "e.g. --decisions op0,op1")
+    # options of one controller given to another would be ignored without a word
+    if cfg.targets and cfg.controller != "rl":
+        raise UserError("--targets", f"only the rl controller takes latency targets, not {cfg.controller}",
+                        "add --controller rl, or drop --targets")
+    if cfg.controller != "optuna" and (cfg.storage or cfg.sampler != SearchConfig.sampler):
+        option = "--storage" if cfg.storage else "--sampler"
+        raise UserError(option, f"only the optuna controller takes it, not {cfg.controller}",
+                        f"add --controller optuna, or drop {option}")
 
 
 def run_search(cfg: SearchConfig, out: Optional[str | Path] = None, workers: int = 0,
