@@ -91,11 +91,12 @@ def export_bundle(space: "str | SearchSpace", device: str, bundle: str | Path, *
 
 
 def import_results(bundle: str | Path, *, space: "str | SearchSpace | None" = None,
-                   out_root: str | Path = "latency_tables") -> "LatencyTable":
-    """``nas profile --import-results``: a measured bundle becomes a table under ``out_root``."""
+                   out_root: str | Path = "latency_tables", device: Optional[str] = None) -> "LatencyTable":
+    """``nas profile --import-results``: a measured bundle becomes a table under ``out_root``, named after the
+    bundle's device unless ``device`` names it otherwise."""
     from .latency import profile as P
 
-    return P.import_results(bundle, out_root, load_space(space) if space else None)
+    return P.import_results(bundle, out_root, load_space(space) if space else None, device)
 
 
 def _run_space_and_pick(run: Path, arch_id: Optional[str], pick: list[str]) -> tuple["SearchSpace", str]:

@@ -29,7 +29,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from .latency.profile import describe
 
     if a.import_results:
-        print(describe(api.import_results(a.import_results, space=a.space, out_root=a.out_root)))
+        print(describe(api.import_results(a.import_results, space=a.space, out_root=a.out_root, device=a.device)))
         return 0
     if not a.space or not a.device:
         raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
@@ -250,7 +250,8 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out-root", default="latency_tables", help="tables go to OUT_ROOT/<space>/<device>.csv")
     sp.add_argument("--force", action="store_true", help="re-measure an existing table from scratch")
     sp.add_argument("--export-bundle", metavar="DIR", help="write a self-contained bundle for a remote device")
-    sp.add_argument("--import-results", metavar="DIR", help="turn a measured bundle into a table")
+    sp.add_argument("--import-results", metavar="DIR",
+                    help="turn a measured bundle into a table (named after the bundle's device, or --device)")
     _common_args(sp)
 
 

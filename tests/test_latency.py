@@ -166,6 +166,10 @@ def test_bundle_round_trip_with_standalone_runner(tiny_space, tmp_path):
     assert table.device == "board-ort-1t" and len(table.rows) == len(enumerate_entries(tiny_space, "stage"))
     assert table.meta["validation"]["networks"] == 8
     assert (tmp_path / "tables" / "tiny" / "board-ort-1t.validation.csv").exists()
+    other = import_results(bundle, tmp_path / "tables", device="board2-ort-1t")  # the same results, another name
+    assert other.device == "board2-ort-1t" and (tmp_path / "tables" / "tiny" / "board2-ort-1t.csv").exists()
+    with pytest.raises(UserError, match="--device: 'board-ort-4t' names another thread count"):
+        import_results(bundle, tmp_path / "tables", device="board-ort-4t")
 
 
 def test_incomplete_bundle_is_refused(tiny_space, tmp_path):

@@ -423,8 +423,9 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
 
 
 def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
-                   space: Optional[SearchSpace] = None) -> LatencyTable:
-    """Turn a bundle measured on a remote device into a table (and its validation, if it had networks)."""
+                   space: Optional[SearchSpace] = None, device: Optional[str] = None) -> LatencyTable:
+    """Turn a bundle measured on a remote device into a table (and its validation, if it had networks);
+    ``device``: name the table otherwise than the bundle does."""
     bundle = Path(bundle)
     manifest = read_json(bundle / "manifest.json", "bundle manifest")
     if manifest.get("format") != "hwnas-latency-bundle":
@@ -443,7 +444,10 @@ def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
     if missing:
         raise UserError(bundle, f"{len(missing)} of {len(keys)} models are not measured yet",
                         "run run_bundle.py on the device again; it resumes")
-    device = manifest["device"]
+    if device and resolve_device(device, None, None).threads != manifest["protocol"]["threads"]:
+        raise UserError("--device", f"{device!r} names another thread count than the bundle measured "
+                        f"({manifest['protocol']['threads']})", f"e.g. --device {manifest['device']}")
+    device = device or manifest["device"]
     csv = table_path(space.name, device, out_root)
     if csv.exists():
         old = LatencyTable.load(csv)
