@@ -323,6 +323,11 @@ def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "m
     from .multipath import MultipathConfig, parse_domains, run_multipath
 
     train_on = _train_device(train_device)
+    if latency_weight and not device:
+        raise UserError("--latency-weight", "the latency term needs a latency table", "add --device, e.g. cpu-ort-1t")
+    if latency_target is not None and not latency_weight:
+        raise UserError("--latency-target", "is the MnasNet term's target, and that term is off",
+                        "add --latency-weight (e.g. 0.07) and --device")
     sp = load_space(space)
     specs = parse_domains([domains] if isinstance(domains, str) else list(domains))
     tab = LatencyTable.find(sp, device) if device else None

@@ -25,6 +25,11 @@ def test_api_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--train-device"):
         api.pipeline(tmp_path / "none.npz", tmp_path / "p", train_device="banana")
     assert not (tmp_path / "p").exists()
+    with pytest.raises(UserError, match="--latency-weight: the latency term needs a latency table"):
+        api.multipath(["cifar10", "fashion-mnist"], latency_weight=0.07, out=tmp_path / "mp")
+    with pytest.raises(UserError, match="--latency-target"):
+        api.multipath(["cifar10", "fashion-mnist"], latency_target=0.1, out=tmp_path / "mp")
+    assert not (tmp_path / "mp").exists()
     with pytest.raises(UserError, match="--scoring: unknown rule 'worst'"):  # before any data or training
         api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", scoring="worst")
     assert not (tmp_path / "m").exists()
