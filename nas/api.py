@@ -300,6 +300,13 @@ def adapt(net: Optional[str] = None, *, checkpoint: Optional[str] = None, arch: 
     from .netadapt import AdaptConfig, adapt as run_adapt
 
     device = _train_device(train_device)
+    if (budget_ms is None) == (budget_ratio is None):
+        raise UserError("nas adapt", "both --budget-ms and --budget-ratio given" if budget_ms is not None
+                        else "no budget given", "pass one: --budget-ms or --budget-ratio")
+    if (budget_ms is not None and budget_ms <= 0) or (budget_ratio is not None and not 0 < budget_ratio < 1):
+        raise UserError("--budget-ms" if budget_ms is not None else "--budget-ratio",
+                        f"must be {'positive' if budget_ms is not None else 'between 0 and 1'}",
+                        "e.g. --budget-ratio 0.5: half the initial latency")
     sp = load_space(space)
     parsed, model = _load_user_network(sp, net, checkpoint, arch)
     tab = LatencyTable.load(table, sp) if str(table).endswith(".csv") else LatencyTable.find(sp, table)

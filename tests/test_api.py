@@ -30,6 +30,11 @@ def test_api_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--latency-target"):
         api.multipath(["cifar10", "fashion-mnist"], latency_target=0.1, out=tmp_path / "mp")
     assert not (tmp_path / "mp").exists()
+    for budget, needle in (({}, "no budget given"), ({"budget_ms": 0.2, "budget_ratio": 0.5}, "both"),
+                           ({"budget_ratio": 1.5}, "--budget-ratio: must be between 0 and 1")):
+        with pytest.raises(UserError, match=needle):  # before the network is even looked for
+            api.adapt(str(tmp_path / "no_such_net"), out=tmp_path / "ad", **budget)
+    assert not (tmp_path / "ad").exists()
     with pytest.raises(UserError, match="--scoring: unknown rule 'worst'"):  # before any data or training
         api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", scoring="worst")
     assert not (tmp_path / "m").exists()
