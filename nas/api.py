@@ -356,6 +356,11 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
     from .pooling import MixtureConfig, PlacementSpace, StridePlacementSpace, run_mixture
 
     device = _train_device(train_device)
+    if reference and not space:
+        raise UserError("--reference", "fixes the other decisions of a --space", "add --space, or drop --reference")
+    if space and (blocks, pools, base_width) != (9, 2, 16):
+        raise UserError("--blocks/--pools/--base-width", "shape the ResNet20-like pooling space, not a --space",
+                        "drop them, or drop --space")
     if space:
         sspace = load_space(space)
         placements = StridePlacementSpace(sspace, sspace.parse_id(reference) if reference else None)

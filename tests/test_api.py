@@ -35,6 +35,10 @@ def test_api_errors_are_user_errors(tmp_path):
         with pytest.raises(UserError, match=needle):  # before the network is even looked for
             api.adapt(str(tmp_path / "no_such_net"), out=tmp_path / "ad", **budget)
     assert not (tmp_path / "ad").exists()
+    with pytest.raises(UserError, match="--reference"):
+        api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", reference="d1k3e3w75r")
+    with pytest.raises(UserError, match="--blocks/--pools/--base-width"):
+        api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", space="mobilenetv3_cifar_placement", pools=3)
     with pytest.raises(UserError, match="--scoring: unknown rule 'worst'"):  # before any data or training
         api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", scoring="worst")
     assert not (tmp_path / "m").exists()
