@@ -84,6 +84,10 @@ def cmd_predictor(a: argparse.Namespace) -> int:
     from . import api
 
     if a.action == "sample":
+        for option in ("predictor_out", "placement_ranking"):
+            if getattr(a, option):
+                flag = "--" + option.replace("_", "-")
+                raise UserError(flag, "is an option of nas predictor fit", f"drop {flag} here, give it to fit")
         api.sample(**_kwargs(a, "action", "dataset", "predictor_out", "placement_ranking"))
         print(f"{a.samples} fine-tuned samples x {a.sample_seeds} seed(s) in {a.out}/samples.jsonl")
         return 0

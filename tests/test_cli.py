@@ -21,6 +21,7 @@ def _error_line(capsys):
     (["profile", "--space", "mobilenetv3_cifar", "--device", "cpu-ort-1t", "--threads", "4"], "contradicts"),
     (["profile", "--import-results", "/nonexistent/bundle"], "manifest.json"),
     (["export", "d9k9e9w1-x", "--space", "mobilenetv3_cifar"], "expected 5 stage tokens"),
+    (["predictor", "sample", "--predictor-out", "p.json"], "--predictor-out: is an option of nas predictor fit"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
