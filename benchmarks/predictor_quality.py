@@ -27,10 +27,10 @@ from scipy.stats import kendalltau, spearmanr
 from nas import cost
 from nas.io import read_json
 from nas.latency.engine import load_jsonl
-from nas.predictor.distill import DistillConfig, distill_stage, load_block_quality
-from nas.predictor.fit import fit_predictor, fit_ridge, onehot_features
+from nas.predictor.distill import DistillConfig, distill_stage
+from nas.predictor.fit import fit_ridge, onehot_features
 from nas.predictor.model import Predictor, predict_from_features
-from nas.predictor.pipeline import PipelineConfig, provenance, run_pipeline, training_recipe
+from nas.predictor.pipeline import PipelineConfig, fit_on_samples, run_pipeline, training_recipe
 from nas.predictor.sample import mean_accuracy, recipe_id, run_sample_seeds, run_samples, stratified_sample
 from nas.space import SearchSpace
 from nas.train import resolve_device
@@ -238,9 +238,7 @@ def main() -> None:
                    and r["arch_id"] in used_ids and r.get("seed", 0) < a.sample_seeds]
     fit_acc = mean_accuracy(space, fit_pop, out / "samples.jsonl", cfg.finetune, a.sample_seeds)
     if len(extra):
-        info = provenance(out, cfg.dataset, cfg.finetune, a.sample_seeds)
-        nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-        pred = fit_predictor(space, nsr, fit_pop, fit_acc, info, cfg.seed)
+        pred = fit_on_samples(space, out, fit_pop, fit_acc, cfg.dataset, cfg.finetune, a.sample_seeds, cfg.seed)
         pred.save(out / f"predictor_m{len(fit_pop)}.json")
     predicted = pred.predict(held)
     macs_f, macs_h = np.log(cost.macs(space, fit_pop))[:, None], np.log(cost.macs(space, held))[:, None]

@@ -46,6 +46,11 @@ def _names(value: "str | Sequence[str] | None") -> Optional[list[str]]:
     return [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
 
 
+def _listed(value: "str | Sequence[str]") -> list[str]:
+    """One option value or several: ``"a<=1"`` -> ``["a<=1"]`` (never split: a constraint is one string)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _train_device(train_device: str) -> str:
     from .train import resolve_device
 
@@ -105,12 +110,10 @@ def _run_space_and_pick(run: Path, arch_id: Optional[str], pick: list[str]) -> t
     from .io import read_csv, read_json
     from .objectives import parse_constraint
     from .report import pick_from_front
-    from .space import SearchSpace
+    from .space import carried_space
 
     info = read_json(run / "run.json", "run file")
-    cfg = info.get("space_config")
-    space = (SearchSpace.from_dict(cfg, source=f"{run / 'run.json'} (space_config)") if cfg
-             else load_space(info["config"]["space"]))
+    space = carried_space(info.get("space_config"), info["config"]["space"], str(run / "run.json"))
     if pick:
         row = pick_from_front(read_csv(run / "pareto.csv", "Pareto front"), info["objectives"][0],
                               [parse_constraint(c, "--pick") for c in pick], str(run / "pareto.csv"))
@@ -155,7 +158,7 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
                             "comma-separated numbers, e.g. 0.1,0.15") from None
     cfg = SearchConfig(space=space, table=table, decisions=_names(decisions),
                        objectives=_names(objectives) or default_objectives(space, table, predictor, dataset),
-                       constraints=[constraints] if isinstance(constraints, str) else list(constraints),
+                       constraints=_listed(constraints),
                        controller=controller, sampler=sampler, evaluations=evaluations, population=population,
                        islands=islands, targets=list(targets) if targets else None, seed=seed,
                        tables_dir=tables_dir, predictor=predictor, placement_ranking=placement_ranking,
@@ -223,23 +226,19 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
     """``nas predictor fit``: fit the predictor to the fine-tuned samples of ``out`` (the same ``samples``,
     ``sample_seeds``, recipe and ``seed`` as :func:`sample`); saved to ``predictor_out`` (default
     ``<out>/predictor.json``)."""
-    from .predictor.distill import load_block_quality
-    from .predictor.fit import fit_predictor
-    from .predictor.pipeline import provenance, training_recipe
+    from .predictor.pipeline import fit_on_samples, training_recipe
     from .predictor.sample import mean_accuracy, stratified_sample
 
     sp, out = load_space(space), Path(out)
     pop = stratified_sample(sp, samples, seed)
     recipe = training_recipe("finetune", finetune_epochs, finetune_lr, seed)
     acc = mean_accuracy(sp, pop, out / "samples.jsonl", recipe, sample_seeds)
-    nsr = load_block_quality(out / "blocks" / "block_quality.csv", sp)
-    info = provenance(out, dataset, recipe, sample_seeds)
     scores = None
     if placement_ranking:
         from .placement import load_placement_scores
 
         scores = load_placement_scores(sp, placement_ranking)
-    pred = fit_predictor(sp, nsr, pop, acc, info, seed, placement_scores=scores)
+    pred = fit_on_samples(sp, out, pop, acc, dataset, recipe, sample_seeds, seed, placement_scores=scores)
     pred.save(predictor_out or out / "predictor.json")
     return _warn_if_weak(pred)
 
@@ -358,14 +357,15 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
     device = _train_device(train_device)
     if reference and not space:
         raise UserError("--reference", "fixes the other decisions of a --space", "add --space, or drop --reference")
-    if space and (blocks, pools, base_width) != (9, 2, 16):
+    shape = {"blocks": blocks, "pools": pools, "base_width": base_width}
+    if space and shape != {k: getattr(PlacementSpace, k) for k in shape}:  # not PlacementSpace's defaults
         raise UserError("--blocks/--pools/--base-width", "shape the ResNet20-like pooling space, not a --space",
                         "drop them, or drop --space")
     if space:
         sspace = load_space(space)
         placements = StridePlacementSpace(sspace, sspace.parse_id(reference) if reference else None)
     else:
-        placements = PlacementSpace(blocks=blocks, pools=pools, base_width=base_width)
+        placements = PlacementSpace(**shape)
     cfg = MixtureConfig(models=models, epochs=epochs, seed=seed, warmup_epochs=warmup_epochs)
     return run_mixture(placements, data, out, cfg, subset, quiet, device, scoring)
 
@@ -383,7 +383,7 @@ def export(arch_id: Optional[str] = None, out: str | Path = "exported", *,
     from .blocks import build_model
     from .export import load_user_weights, save_network
 
-    pick = [pick] if isinstance(pick, str) else list(pick)
+    pick = _listed(pick)
     if (arch_id is None) == (not pick):
         raise UserError("nas export", "give an arch_id or --pick, not both" if pick else "no network named",
                         "e.g. nas export <arch_id>, or nas export --run runs/<folder> --pick \"latency@cpu-ort-1t<=0.2\"")

@@ -192,7 +192,6 @@ def cmd_space(a: argparse.Namespace) -> int:
 @command("export")
 def cmd_export(a: argparse.Namespace) -> int:
     from . import api
-
     from .io import read_json
 
     out = api.export(**_kwargs(a, "quiet", "pick"), pick=tuple(a.pick))

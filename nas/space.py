@@ -489,6 +489,14 @@ def _conv_out(h: int, stride: int) -> int:
     return (h - 1) // stride + 1
 
 
+def carried_space(config: Optional[dict[str, Any]], name: str, where: str) -> SearchSpace:
+    """The space a bundle manifest or run.json records: from the YAML mapping it carries, else (files written
+    before they carried one) the shipped space by name."""
+    if config is not None:
+        return SearchSpace.from_dict(config, source=f"{where} (space_config)")
+    return SearchSpace.load(name)
+
+
 def resolve_space_path(path: str | Path) -> Path:
     p = Path(path)
     if p.suffix in (".yaml", ".yml") or p.exists():

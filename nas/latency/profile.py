@@ -23,11 +23,11 @@ from ..blocks import build_model
 from ..errors import UserError
 from ..io import read_json, write_bytes, write_csv, write_json
 from ..progress import progress_bar
-from ..space import SearchSpace
+from ..space import SearchSpace, carried_space
 from . import engine
 from .backends import Backend, resolve_device
 from .entries import GRANULARITIES, KEY_COLUMNS, Entry, entry_counts, enumerate_entries
-from .table import LatencyTable, apply_correction, fit_correction, meta_path, table_path
+from .table import VALUE_COLUMNS, LatencyTable, apply_correction, fit_correction, meta_path, table_path
 
 REFERENCE_METHOD = ("each timing divided by the mean of a fixed reference model timed right before and after it, "
                     "entries interleaved in random order over rounds; median ratio x the profile's median "
@@ -241,9 +241,8 @@ def merge_extension(old: LatencyTable, space: SearchSpace, records: dict[str, di
     entries, missing = entries_to_extend(old, space)
     have = {Entry.from_row(r).key: r for r in old.rows.to_dict("records")}
     ref_ms = float(old.meta["reference"]["median_ms"])
-    new = {e.key: {**e.as_row(), **engine.summarise(records[e.key], ref_ms)} for e in missing}
-    rows = pd.DataFrame([new[e.key] if e.key in new else have[e.key] for e in entries])
-    rows = rows[list(KEY_COLUMNS) + ["median_ms", "p10_ms", "p90_ms", "runs"]]
+    new = {e.key: _measured_row(e, records, ref_ms) for e in missing}
+    rows = _table_rows([new[e.key] if e.key in new else have[e.key] for e in entries])
     session_ref = engine.reference_ms(records[e.key] for e in missing)
     meta = {**old.meta, "space_signature": space.signature(), "entries": len(entries),
             "validation": None, "correction": None,
@@ -272,6 +271,14 @@ def extend_table(old: LatencyTable, space: SearchSpace, be: Backend, batch: int,
     return table
 
 
+def _measured_row(entry: Entry, records: dict[str, dict], ref_ms: float) -> dict[str, Any]:
+    return {**entry.as_row(), **engine.summarise(records[entry.key], ref_ms)}
+
+
+def _table_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows)[[*KEY_COLUMNS, *VALUE_COLUMNS]]
+
+
 def finish_table(space: SearchSpace, device: str, granularity: str, fp: dict[str, Any], protocol: Protocol,
                  entries: list[Entry], records: dict[str, dict], wall_time_s: float, reference_key: str,
                  csv: Path) -> LatencyTable:
@@ -280,8 +287,7 @@ def finish_table(space: SearchSpace, device: str, granularity: str, fp: dict[str
         raise UserError(csv, f"{len(missing)} entries were not measured (e.g. {missing[0]})",
                         "run the same command again to finish")
     ref_ms = engine.reference_ms(records[e.key] for e in entries)
-    rows = pd.DataFrame([{**e.as_row(), **engine.summarise(records[e.key], ref_ms)} for e in entries])
-    rows = rows[list(KEY_COLUMNS) + ["median_ms", "p10_ms", "p90_ms", "runs"]]
+    rows = _table_rows([_measured_row(e, records, ref_ms) for e in entries])
     meta = {"space": space.name, "space_signature": space.signature(), "device": device,
             "granularity": granularity, "entries": len(entries), "fingerprint": fp,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -430,7 +436,7 @@ def import_results(bundle: str | Path, out_root: str | Path = "latency_tables",
     manifest = read_json(bundle / "manifest.json", "bundle manifest")
     if manifest.get("format") != "hwnas-latency-bundle":
         raise UserError(bundle / "manifest.json", "not an hwnas latency bundle", "point at a folder made by --export-bundle")
-    space = space or bundle_space(bundle, manifest)
+    space = space or carried_space(manifest.get("space_config"), manifest["space"], str(bundle / "manifest.json"))
     if manifest["space_signature"] != space.signature():
         raise UserError(bundle, f"bundle was made for another version of space {space.name}",
                         "export a new bundle for the current space")
@@ -484,13 +490,6 @@ def _extended_base(csv: Path, bundle: Path, manifest: dict) -> LatencyTable:
         raise UserError(bundle, f"{csv} changed since this bundle was exported from it",
                         "export a new bundle (nas profile ... --export-bundle) and measure it")
     return base
-
-
-def bundle_space(bundle: Path, manifest: dict) -> SearchSpace:
-    """The space a bundle was made for: the YAML mapping it carries, or (older bundles) the shipped space's name."""
-    if manifest.get("space_config") is not None:
-        return SearchSpace.from_dict(manifest["space_config"], source=f"{bundle / 'manifest.json'} (space_config)")
-    return SearchSpace.load(manifest["space"])
 
 
 def describe(table: LatencyTable) -> str:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from ..io import read_json, write_json
 from ..space import SearchSpace
 from ..train import TrainConfig
@@ -54,6 +55,16 @@ def provenance(out: str | Path, dataset: str, finetune: TrainConfig, sample_seed
     return info
 
 
+def fit_on_samples(space: SearchSpace, out: str | Path, pop: np.ndarray, acc: np.ndarray, dataset: str,
+                   finetune: TrainConfig, sample_seeds: int, seed: int,
+                   placement_scores: Optional[np.ndarray] = None) -> Predictor:
+    """The predictor fitted to fine-tuned samples of the pipeline folder ``out``: its block library's NSRs as
+    features, and its :func:`provenance` recorded."""
+    nsr = load_block_quality(Path(out) / "blocks" / "block_quality.csv", space)
+    return fit_predictor(space, nsr, pop, acc, provenance(out, dataset, finetune, sample_seeds), seed,
+                         placement_scores=placement_scores)
+
+
 def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig(),
                  workers: int = 0, ray_address: Optional[str] = None, quiet: bool = False,
                  device: str = "cpu") -> Predictor:
@@ -86,9 +97,8 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
     acc = phase("samples", lambda: run_sample_seeds(space, pop, out / "teacher", out / "blocks", data_path,
                                                     out / "samples.jsonl", cfg.finetune, cfg.sample_seeds, workers,
                                                     ray_address, cfg.subset, quiet, device))
-    nsr = load_block_quality(out / "blocks" / "block_quality.csv", space)
-    info = provenance(out, cfg.dataset, cfg.finetune, cfg.sample_seeds)
-    pred = phase("fit", lambda: fit_predictor(space, nsr, pop, acc, info, cfg.seed))
+    pred = phase("fit", lambda: fit_on_samples(space, out, pop, acc, cfg.dataset, cfg.finetune, cfg.sample_seeds,
+                                               cfg.seed))
     pred.save(out / "predictor.json")
     log["predictor"] = {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"][pred.meta["chosen"]]}
     log["total_wall_time_s"] = round(sum(p["wall_time_s"] for p in log["phases"].values()), 1)
