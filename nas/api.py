@@ -252,8 +252,10 @@ def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor
     """``nas pipeline``: teacher, block library, fine-tuned samples and fit in one resumable call;
     the predictor is saved to ``<out>/predictor.json``."""
     from .predictor.distill import DistillConfig
+    from .predictor.fit import check_sample_count
     from .predictor.pipeline import PipelineConfig, run_pipeline, training_recipe
 
+    check_sample_count(samples)
     device = _train_device(train_device)
     cfg = PipelineConfig(teacher=training_recipe("teacher", teacher_epochs, teacher_lr, seed),
                          distill=DistillConfig(steps=steps, seed=seed),

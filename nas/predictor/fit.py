@@ -47,7 +47,10 @@ def fit_mlp(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
 FITTERS = {"ridge": lambda X, y, seed: fit_ridge(X, y), "mlp": fit_mlp}
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, kind: str, folds: int = 5, repeats: int = 4,
+FOLDS = 5
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, kind: str, folds: int = FOLDS, repeats: int = 4,
                    seed: int = 0) -> dict[str, float]:
     """Repeated K-fold: Kendall tau and MAE of out-of-fold predictions, averaged over repeats."""
     rng = np.random.default_rng(seed)
@@ -65,8 +68,14 @@ def cross_validate(X: np.ndarray, y: np.ndarray, kind: str, folds: int = 5, repe
     return {"kendall_tau": float(np.mean(taus)), "kendall_tau_std": float(np.std(taus)), "mae": float(np.mean(maes))}
 
 
+def check_sample_count(samples: int, where: str = "--samples", folds: int = FOLDS) -> None:
+    """Cross-validation needs ``folds + 2`` samples: say so before anything is fine-tuned."""
+    if samples < folds + 2:
+        raise UserError(where, f"only {samples} fine-tuned samples", f"need at least {folds + 2}; run more")
+
+
 def fit_predictor(space: SearchSpace, nsr: list[np.ndarray], pop: np.ndarray, acc: np.ndarray,
-                  info: dict[str, Any], seed: int = 0, folds: int = 5, repeats: int = 4,
+                  info: dict[str, Any], seed: int = 0, folds: int = FOLDS, repeats: int = 4,
                   kinds: tuple[str, ...] = ("ridge", "mlp"),
                   feature_sets: Optional[dict[str, tuple[str, ...]]] = None,
                   placement_scores: Optional[np.ndarray] = None) -> Predictor:
@@ -74,8 +83,7 @@ def fit_predictor(space: SearchSpace, nsr: list[np.ndarray], pop: np.ndarray, ac
 
     With ``placement_scores`` (one per stride placement of ``space``) every feature set is also tried with
     the ``placement_score`` feature added."""
-    if len(acc) < folds + 2:
-        raise UserError("samples", f"only {len(acc)} fine-tuned samples", f"need at least {folds + 2}; run more")
+    check_sample_count(len(acc), "samples", folds)
     stage_names = [f"nsr_{st.name}" for st in space.stages]
     feature_sets = dict(feature_sets or FEATURE_SETS)
     if placement_scores is not None:
