@@ -162,7 +162,8 @@ def load_npz_archive(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
     except KeyError as e:
         raise UserError(path, f"archive lacks array {e}", "expected x_train, y_train, x_test, y_test") from None
     except (ValueError, OSError) as e:
-        raise UserError(path, f"cannot read archive: {e}", "point --data at cifar10.npz") from None
+        raise UserError(path, f"cannot read archive: {e}",
+                        "check the path: a CIFAR-10 archive like ../shared/data/cifar10.npz") from None
     x_train, _, x_test, _ = arrays
     if x_train.ndim != 4 or x_train.shape[-1] != 3 or x_train.dtype != np.uint8:
         raise UserError(path, f"x_train has shape {x_train.shape} {x_train.dtype}", "expected (N, H, W, 3) uint8")
