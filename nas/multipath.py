@@ -210,6 +210,41 @@ def most_likely(controller: Reinforce) -> np.ndarray:
     return controller.policy.most_likely()
 
 
+class _SearchState:
+    """What a multi-path search checkpoint holds beside the supernet and optimiser: controllers, prioritiser,
+    path sampler, loader positions, the held-out batch each domain's next reward uses, and the reward history
+    (the search updates ``val_index`` and ``history`` in place; ``save`` writes them as they are)."""
+
+    def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, controllers: dict[str, Reinforce],
+                 prio: "Prioritiser", rng: np.random.Generator, data: dict[str, Any]):
+        self.net, self.opt, self.controllers, self.prio, self.rng, self.data = net, opt, controllers, prio, rng, data
+        self.step, self.seconds = 0, 0.0
+        self.val_index = {d: 0 for d in data}
+        self.history: list[dict[str, Any]] = []
+
+    def load(self, ckpt: Path, device: str) -> None:
+        st = torch.load(ckpt, map_location=device, weights_only=True)
+        self.net.load_state_dict(st["net"])
+        self.opt.load_state_dict(st["opt"])
+        extra = json.loads(st["extra"])
+        self.step, self.seconds = extra["step"], extra["seconds"]
+        for d, c in self.controllers.items():
+            c.load_state_dict(extra["controllers"][d])
+            self.data[d].train.load_state_dict(extra["loaders"][d])
+        self.val_index.update(extra["val_index"])
+        self.history.extend(extra.get("history", []))
+        self.prio.load_state_dict(extra["prio"])
+        self.rng.bit_generator.state = extra["rng"]
+
+    def save(self, ckpt: Path, step: int, seconds: float) -> None:
+        extra = {"step": step, "seconds": seconds, "prio": self.prio.state_dict(),
+                 "rng": self.rng.bit_generator.state,
+                 "controllers": {d: c.state_dict() for d, c in self.controllers.items()},
+                 "loaders": {d: s.train.state_dict() for d, s in self.data.items()}, "val_index": self.val_index,
+                 "history": self.history}
+        write_torch(ckpt, {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "extra": json.dumps(extra)})
+
+
 def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig, out_dir: str | Path,
                  latency: Optional[Callable[[np.ndarray], np.ndarray]] = None, quiet: bool = True,
                  device: str = "cpu") -> dict[str, Any]:
@@ -226,23 +261,12 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     controllers = make_controllers(space, domains, cfg)
     prio = Prioritiser(domains, cfg.prioritise, cfg.temperature, cfg.floor, seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    step, seconds = 0, 0.0
-    val_index = {d: 0 for d in domains}  # which held-out batch each domain's next reward uses
-    history: list[dict[str, Any]] = []  # every controller step's reward per domain: search_history.csv
     ckpt = out / "search.ckpt"
+    state = _SearchState(net, opt, controllers, prio, rng, data)
     if ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(st["net"])
-        opt.load_state_dict(st["opt"])
-        extra = json.loads(st["extra"])
-        step, seconds = extra["step"], extra["seconds"]
-        for d in domains:
-            controllers[d].load_state_dict(extra["controllers"][d])
-            data[d].train.load_state_dict(extra["loaders"][d])
-        val_index = dict(extra["val_index"])
-        history = list(extra.get("history", []))
-        prio.load_state_dict(extra["prio"])
-        rng.bit_generator.state = extra["rng"]
+        state.load(ckpt, device)
+    step, seconds = state.step, state.seconds
+    val_index, history = state.val_index, state.history
     iters = {d: _cycle(data[d].train) for d in domains}
 
     @torch.no_grad()
@@ -291,12 +315,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                                     "loss": float(loss.detach())})
             bar.advance(task)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                extra = {"step": step, "seconds": seconds + time.time() - t0, "prio": prio.state_dict(),
-                         "rng": rng.bit_generator.state,
-                         "controllers": {d_: c.state_dict() for d_, c in controllers.items()},
-                         "loaders": {d_: data[d_].train.state_dict() for d_ in domains}, "val_index": val_index,
-                         "history": history}
-                write_torch(ckpt, {"net": net.state_dict(), "opt": opt.state_dict(), "extra": json.dumps(extra)})
+                state.save(ckpt, step, seconds + time.time() - t0)
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
     write_torch(out / "supernet.pt", {k: v.cpu() for k, v in net.state_dict().items()})
