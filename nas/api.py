@@ -207,9 +207,11 @@ def sample(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor",
     arch_id and mean val_top1 per architecture."""
     import pandas as pd
 
+    from .predictor.fit import check_sample_count
     from .predictor.pipeline import training_recipe
     from .predictor.sample import run_sample_seeds, stratified_sample
 
+    check_sample_count(samples)  # fewer could never be fitted: nas predictor fit draws the same population
     device = _train_device(train_device)
     sp, out = load_space(space), Path(out)
     pop = stratified_sample(sp, samples, seed)

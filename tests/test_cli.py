@@ -56,8 +56,9 @@ def test_too_few_validation_networks_fail_before_any_timing(mode, tmp_path, caps
     assert list(tmp_path.iterdir()) == []
 
 
-def test_too_few_pipeline_samples_fail_before_any_training(tmp_path, capsys):
-    assert main(["pipeline", "--samples", "4", "--out", str(tmp_path / "run")]) == 2
+@pytest.mark.parametrize("command", [["pipeline"], ["predictor", "sample"]])
+def test_too_few_samples_fail_before_any_training(command, tmp_path, capsys):
+    assert main([*command, "--samples", "4", "--out", str(tmp_path / "run")]) == 2
     assert "--samples: only 4 fine-tuned samples" in _error_line(capsys)
     assert not (tmp_path / "run").exists()
 
