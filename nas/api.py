@@ -223,7 +223,8 @@ def sample(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor",
 
 def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mobilenetv3_cifar", samples: int = 40,
         sample_seeds: int = 1, finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None,
-        dataset: str = "cifar10", placement_ranking: Optional[str] = None, predictor_out: "str | Path | None" = None,
+        dataset: Optional[str] = None, placement_ranking: Optional[str] = None,
+        predictor_out: "str | Path | None" = None,
         seed: int = 0) -> "Predictor":
     """``nas predictor fit``: fit the predictor to the fine-tuned samples of ``out`` (the same ``samples``,
     ``sample_seeds``, recipe and ``seed`` as :func:`sample`); saved to ``predictor_out`` (default
@@ -248,9 +249,9 @@ def fit(out: str | Path = "runs/predictor", *, space: "str | SearchSpace" = "mob
 def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
              space: "str | SearchSpace" = "mobilenetv3_cifar", steps: int = 1000, samples: int = 40,
              sample_seeds: int = 1, teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
-             finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None, dataset: str = "cifar10",
-             workers: int = 0, ray_address: Optional[str] = None, subset: Optional[int] = None,
-             train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "Predictor":
+             finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None,
+             dataset: Optional[str] = None, workers: int = 0, ray_address: Optional[str] = None,
+             subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "Predictor":
     """``nas pipeline``: teacher, block library, fine-tuned samples and fit in one resumable call;
     the predictor is saved to ``<out>/predictor.json``."""
     from .predictor.distill import DistillConfig

@@ -94,11 +94,12 @@ def cmd_predictor(a: argparse.Namespace) -> int:
     pred = _fitted(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
                                       "quiet"))
     print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}"
-          f"{_how_to_search_with(pred, a.space, a.dataset)}")
+          f"{_how_to_search_with(pred, a.space)}")
     return 0
 
 
-def _how_to_search_with(pred, space: str, dataset: str) -> str:
+def _how_to_search_with(pred, space: str) -> str:
+    dataset = pred.meta["dataset"]
     default = f"predictors/{pred.meta['space']}/{dataset}.json"
     flag = "" if dataset == "cifar10" else f" --dataset {dataset}"
     return (f"; search with it: nas search --space {space} --predictor {pred.path} (or copy it to {default}: "
@@ -125,7 +126,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from . import api
 
     pred = _fitted(api.pipeline, **_kwargs(a))
-    print(f"predictor {pred.meta['chosen']} -> {pred.path}{_how_to_search_with(pred, a.space, a.dataset)}")
+    print(f"predictor {pred.meta['chosen']} -> {pred.path}{_how_to_search_with(pred, a.space)}")
     return 0
 
 
@@ -223,8 +224,9 @@ def _data_args(sp: argparse.ArgumentParser, *, samples: bool = False, fits: bool
         sp.add_argument("--workers", type=int, default=0, help="Ray workers (0: in-process)")
         sp.add_argument("--ray-address", help="join an existing Ray cluster")
     if fits:
-        sp.add_argument("--dataset", default="cifar10",
-                        help="dataset name recorded in the predictor (predictors/<space>/<DATASET>.json)")
+        sp.add_argument("--dataset", default=None,
+                        help="dataset name recorded in the predictor (predictors/<space>/<DATASET>.json); "
+                             "default: the data's (cifar10, fashion-mnist, an ImageFolder tree's folder name)")
     if samples:
         sp.add_argument("--samples", type=int, default=40, help="fine-tuned architectures (M)")
         sp.add_argument("--sample-seeds", type=int, default=1, metavar="K",

@@ -264,6 +264,13 @@ def detect_kind(path: str | os.PathLike) -> str:
                     "or an ImageFolder tree")
 
 
+def dataset_name(path: str | os.PathLike) -> str:
+    """What a predictor made on this data records as its dataset: ``cifar10`` (archive or folder),
+    ``fashion-mnist``, or an ImageFolder tree's folder name. Reads no images."""
+    kind = detect_kind(path)
+    return {"npz": "cifar10", "cifar-folder": "cifar10", "fashion-mnist": "fashion-mnist"}.get(kind, Path(path).name)
+
+
 def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional[int] = None, seed: int = 0,
               subset: Optional[int] = None, eval_batch_size: int = 512, input_size: Optional[int] = None,
               device: str = "cpu") -> Splits:
@@ -275,13 +282,14 @@ def load_data(path: str | os.PathLike, batch_size: int = 128, val_size: Optional
                             input_size or 224, device)
     if kind == "npz":
         xtr, ytr, xte, yte = load_npz_archive(path)
-        mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
+        mean, std = CIFAR_MEAN, CIFAR_STD
     elif kind == "cifar-folder":
         xtr, ytr, xte, yte = load_cifar_folder(path)
-        mean, std, name = CIFAR_MEAN, CIFAR_STD, "cifar10"
+        mean, std = CIFAR_MEAN, CIFAR_STD
     else:
         xtr, ytr, xte, yte = load_fashion_mnist(path, input_size or 32)
-        mean, std, name = (0.2860,) * 3, (0.3530,) * 3, "fashion-mnist"
+        mean, std = (0.2860,) * 3, (0.3530,) * 3
+    name = dataset_name(path)
     if input_size and xtr.shape[1] != input_size:  # CIFAR-10 comes at 32 px only: never train at the wrong size
         raise UserError(path, f"images are {xtr.shape[1]}px, the space expects {input_size}px",
                         f"use a space with input_size {xtr.shape[1]}, or an ImageFolder tree (resized as it loads)")

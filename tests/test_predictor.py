@@ -345,3 +345,17 @@ def test_whole_pipeline_runs_on_an_imagefolder_tree(mini_space, synthetic_npz, t
     assert pred.meta["n_samples"] == 7 and np.isfinite(pred.predict(mini_space.sample(np.random.default_rng(0), 5))).all()
     teacher = json.loads((tmp_path / "run" / "teacher.json").read_text())
     assert teacher["device"] == "cpu" and 0.0 <= teacher["test_top1"] <= 1.0
+    # no --dataset: the predictor is named after the data, not after CIFAR-10
+    assert teacher["dataset"] == "tree" and pred.meta["dataset"] == "tree"
+
+
+def test_samples_dataset_comes_from_the_teachers_data(synthetic_npz, tmp_path):
+    from nas.errors import UserError
+    from nas.predictor.pipeline import samples_dataset
+
+    with pytest.raises(UserError, match="--dataset"):
+        samples_dataset(tmp_path)  # no teacher report: nothing to tell it by
+    (tmp_path / "teacher.json").write_text(json.dumps({"data": str(synthetic_npz)}))  # a report from before
+    assert samples_dataset(tmp_path) == "cifar10"
+    (tmp_path / "teacher.json").write_text(json.dumps({"data": str(synthetic_npz), "dataset": "fashion-mnist"}))
+    assert samples_dataset(tmp_path) == "fashion-mnist" and samples_dataset(tmp_path, "mine") == "mine"

@@ -6,12 +6,16 @@ the same command again after an interruption continues where it stopped. Phase w
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from ..data import dataset_name
+from ..errors import UserError
 from ..io import read_json, write_json
 from ..space import SearchSpace
 from ..train import TrainConfig
@@ -31,7 +35,7 @@ class PipelineConfig:
     sample_seeds: int = 1  # fine-tunes per sample (seeds 0..k-1); the predictor fits their mean
     seed: int = 0
     subset: Optional[int] = None
-    dataset: str = "cifar10"
+    dataset: Optional[str] = None  # recorded in the predictor; None: the data's own name (data.dataset_name)
 
 
 def training_recipe(phase: str, epochs: Optional[float] = None, lr: Optional[float] = None,
@@ -41,12 +45,27 @@ def training_recipe(phase: str, epochs: Optional[float] = None, lr: Optional[flo
     return replace(getattr(PipelineConfig(), phase), **kw, seed=seed)
 
 
-def provenance(out: str | Path, dataset: str, finetune: TrainConfig, sample_seeds: int) -> dict[str, Any]:
-    """What a predictor fitted on the samples in ``out`` records of how they were made: dataset, teacher,
-    distillation and fine-tune recipes."""
+def samples_dataset(out: str | Path, dataset: Optional[str] = None) -> str:
+    """``dataset`` if given, else the name of the data the teacher in ``out`` was trained on."""
+    if dataset:
+        return dataset
+    report_path = Path(out) / "teacher.json"
+    if report_path.exists():
+        report = read_json(report_path, "teacher report")
+        if report.get("dataset"):
+            return report["dataset"]
+        with contextlib.suppress(UserError):  # a report from before teachers recorded it: name its data path
+            return dataset_name(report["data"])
+    raise UserError("--dataset", f"cannot tell which dataset the samples in {out} were made on",
+                    "name it with --dataset (e.g. cifar10)")
+
+
+def provenance(out: str | Path, dataset: Optional[str], finetune: TrainConfig, sample_seeds: int) -> dict[str, Any]:
+    """What a predictor fitted on the samples in ``out`` records of how they were made: dataset (``None``: the
+    teacher's), teacher, distillation and fine-tune recipes."""
     out = Path(out)
-    info: dict[str, Any] = {"dataset": dataset, "finetune": asdict(finetune), "samples_file": "samples.jsonl",
-                            "sample_seeds": sample_seeds}
+    info: dict[str, Any] = {"dataset": samples_dataset(out, dataset), "finetune": asdict(finetune),
+                            "samples_file": "samples.jsonl", "sample_seeds": sample_seeds}
     if (out / "teacher.json").exists():
         report = read_json(out / "teacher.json", "teacher report")
         info["teacher"] = {k: report[k] for k in ("arch_id", "val_top1", "test_top1")}
@@ -55,7 +74,7 @@ def provenance(out: str | Path, dataset: str, finetune: TrainConfig, sample_seed
     return info
 
 
-def fit_on_samples(space: SearchSpace, out: str | Path, pop: np.ndarray, acc: np.ndarray, dataset: str,
+def fit_on_samples(space: SearchSpace, out: str | Path, pop: np.ndarray, acc: np.ndarray, dataset: Optional[str],
                    finetune: TrainConfig, sample_seeds: int, seed: int,
                    placement_scores: Optional[np.ndarray] = None) -> Predictor:
     """The predictor fitted to fine-tuned samples of the pipeline folder ``out``: its block library's NSRs as
@@ -97,7 +116,8 @@ def run_pipeline(space: SearchSpace, data_path: str | Path, out_dir: str | Path,
     acc = phase("samples", lambda: run_sample_seeds(space, pop, out / "teacher", out / "blocks", data_path,
                                                     out / "samples.jsonl", cfg.finetune, cfg.sample_seeds, workers,
                                                     ray_address, cfg.subset, quiet, device))
-    pred = phase("fit", lambda: fit_on_samples(space, out, pop, acc, cfg.dataset, cfg.finetune, cfg.sample_seeds,
+    dataset = cfg.dataset or dataset_name(data_path)
+    pred = phase("fit", lambda: fit_on_samples(space, out, pop, acc, dataset, cfg.finetune, cfg.sample_seeds,
                                                cfg.seed))
     pred.save(out / "predictor.json")
     log["predictor"] = {"chosen": pred.meta["chosen"], "cv": pred.meta["cv"][pred.meta["chosen"]]}

@@ -47,7 +47,8 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
                               device=device)
     model.to(device)
     report = {"arch_id": arch.id, "val_top1": evaluate(model, data.val), "test_top1": evaluate(model, data.test),
-              "source": str(checkpoint) if checkpoint else "trained", "data": str(data_path), "subset": subset,
+              "source": str(checkpoint) if checkpoint else "trained", "data": str(data_path), "dataset": data.name,
+              "subset": subset,
               "device": device,
               "config": asdict(cfg), "train_seconds": history.get("seconds", 0.0), "history": history.get("history")}
     save_network(arch, model.cpu().eval(), out / "teacher")
