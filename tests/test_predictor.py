@@ -359,3 +359,19 @@ def test_samples_dataset_comes_from_the_teachers_data(synthetic_npz, tmp_path):
     assert samples_dataset(tmp_path) == "cifar10"
     (tmp_path / "teacher.json").write_text(json.dumps({"data": str(synthetic_npz), "dataset": "fashion-mnist"}))
     assert samples_dataset(tmp_path) == "fashion-mnist" and samples_dataset(tmp_path, "mine") == "mine"
+
+
+def test_a_pipeline_folder_refuses_other_data(synthetic_npz, tmp_path, capsys):
+    """Teacher, blocks and samples in runs/predictor were made on one dataset: another --data into the same
+    folder would reuse them (and name the predictor after the new data), so every phase refuses it."""
+    from nas.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "teacher.json").write_text(json.dumps({"data": str(synthetic_npz), "dataset": "cifar10"}))
+    fmnist = tmp_path / "fashion-mnist"
+    fmnist.mkdir()
+    for argv in (["teacher"], ["distill"], ["predictor", "sample"], ["pipeline"]):
+        assert main([*argv, "--data", str(fmnist), "--out", str(run), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "trained on cifar10" in err and "fashion-mnist" in err and "another --out" in err

@@ -198,6 +198,9 @@ def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str
                      cfg: DistillConfig = DistillConfig(), workers: int = 0, ray_address: Optional[str] = None,
                      subset: Optional[int] = None, quiet: bool = False, device: str = "cpu") -> pd.DataFrame:
     """Distill every stage on ``device`` (Ray tasks when ``workers > 0``) and write ``block_quality.csv``."""
+    from .teacher import check_teacher_data
+
+    check_teacher_data(teacher_dir, data_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = (str(space.source), str(teacher_dir), str(data_path))

@@ -24,7 +24,7 @@ from ..space import Arch, SearchSpace
 from ..supernet import stage_choices
 from ..train import TrainConfig, evaluate, train_model
 from .distill import load_stage_weights, recalibrate, teacher_features
-from .teacher import load_teacher
+from .teacher import check_teacher_data, load_teacher
 
 
 def stratified_sample(space: SearchSpace, m: int, seed: int, exclude: set[str] = frozenset(),
@@ -128,6 +128,7 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
     ``workers > 0``.
 
     ``score_test``: new fine-tunes also record test top-1 (see ``finetune_arch``)."""
+    check_teacher_data(teacher_dir, data_path)
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
     recipe = recipe_id(cfg)

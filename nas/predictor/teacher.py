@@ -19,6 +19,28 @@ def teacher_arch(space: SearchSpace, arch_id: Optional[str] = None):
     return space.parse_id(arch_id) if arch_id and arch_id != "largest" else space.decode(space.largest())
 
 
+def check_teacher_data(teacher_dir: str | Path, data_path: str | Path) -> None:
+    """Refuse to mix datasets in one pipeline folder: the teacher next to ``teacher_dir`` (its report,
+    ``teacher.json``) was made on ``data_path``'s dataset, or there is none yet. Distillation, samples and the
+    predictor's name all follow the teacher; results already in the folder would be reused for other data."""
+    from ..data import dataset_name
+
+    report_path = Path(teacher_dir).parent / "teacher.json"
+    if not report_path.exists():
+        return
+    report = read_json(report_path, "teacher report")
+    theirs = report.get("dataset")
+    if theirs is None:  # a report from before teachers recorded it
+        try:
+            theirs = dataset_name(report["data"])
+        except UserError:
+            return
+    ours = dataset_name(data_path)
+    if theirs != ours:
+        raise UserError(report_path, f"this folder's teacher was trained on {theirs} ({report['data']}), not on "
+                        f"{ours} ({data_path})", "use another --out for other data, or give the same --data")
+
+
 def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path, arch_id: Optional[str] = None,
                   cfg: TrainConfig = TrainConfig(epochs=15), checkpoint: Optional[str] = None,
                   subset: Optional[int] = None, batch_size: int = 128, quiet: bool = False,
@@ -29,6 +51,7 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
 
     out = Path(out_dir)
     report_path = out / "teacher.json"
+    check_teacher_data(out / "teacher", data_path)
     if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
         return read_json(report_path, "teacher report")
     arch = teacher_arch(space, arch_id)
