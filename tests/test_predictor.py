@@ -375,3 +375,32 @@ def test_a_pipeline_folder_refuses_other_data(synthetic_npz, tmp_path, capsys):
         assert main([*argv, "--data", str(fmnist), "--out", str(run), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "trained on cifar10" in err and "fashion-mnist" in err and "another --out" in err
+
+
+def test_a_pipeline_folder_refuses_another_recipe_or_subset(synthetic_npz, tmp_path, capsys):
+    """A teacher or block library already in --out, made with other settings, would be reused as it is: every
+    phase refuses, and says which flag reuses it."""
+    from dataclasses import asdict
+
+    from nas.cli import main
+    from nas.predictor.distill import DistillConfig
+    from nas.predictor.pipeline import training_recipe
+
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "model.safetensors").write_bytes(b"")
+    report = {"data": str(synthetic_npz), "dataset": "cifar10", "source": "trained", "subset": None,
+              "config": asdict(training_recipe("teacher"))}
+    (run / "teacher.json").write_text(json.dumps(report))
+    (run / "blocks").mkdir()
+    (run / "blocks" / "stage0_nsr.json").write_text(json.dumps({"config": asdict(DistillConfig(steps=1000))}))
+    data = ["--data", str(synthetic_npz), "--out", str(run), "--quiet"]
+    cases = [(["teacher", "--teacher-epochs", "30"], "epochs=15", "--teacher-epochs 15"),
+             (["pipeline", "--teacher-lr", "0.2"], "lr=0.1", "--teacher-lr 0.1"),
+             (["distill", "--steps", "3000"], "steps=1000", "--steps 1000"),
+             (["pipeline", "--seed", "1"], "seed=0", "--seed 0"),
+             (["predictor", "sample", "--subset", "500"], "all training images", "drop --subset")]
+    for argv, was, fix in cases:
+        assert main([*argv, *data]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and was in err and fix in err, err

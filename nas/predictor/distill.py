@@ -194,14 +194,32 @@ def score_options(space: SearchSpace, net: ElasticStage, teacher, data, stage: i
 
 
 # ---------------------------------------------------------------------- all stages
+def check_distill_recipe(out: Path, n_stages: int, cfg: DistillConfig) -> None:
+    """Stages already distilled in ``out`` with another recipe (the checkpoint interval aside) would be
+    reused as they are: refuse instead."""
+    from .teacher import refuse_other_recipe
+
+    ours = dict(asdict(cfg), checkpoint_every=None)
+    for stage in range(n_stages):
+        path = out / f"stage{stage}_nsr.json"
+        if not path.exists():
+            continue
+        made = json.loads(path.read_text())
+        if "config" not in made:  # cannot tell
+            continue
+        theirs = dict(made["config"], checkpoint_every=None)
+        refuse_other_recipe(path, "this block library was distilled with", theirs, ours)
+
+
 def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str | Path, out_dir: str | Path,
                      cfg: DistillConfig = DistillConfig(), workers: int = 0, ray_address: Optional[str] = None,
                      subset: Optional[int] = None, quiet: bool = False, device: str = "cpu") -> pd.DataFrame:
     """Distill every stage on ``device`` (Ray tasks when ``workers > 0``) and write ``block_quality.csv``."""
     from .teacher import check_teacher_data
 
-    check_teacher_data(teacher_dir, data_path)
+    check_teacher_data(teacher_dir, data_path, subset)
     out = Path(out_dir)
+    check_distill_recipe(out, len(space.stages), cfg)
     out.mkdir(parents=True, exist_ok=True)
     args = (str(space.source), str(teacher_dir), str(data_path))
     stages = list(range(len(space.stages)))

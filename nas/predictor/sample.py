@@ -128,7 +128,7 @@ def run_samples(space: SearchSpace, pop: np.ndarray, teacher_dir: str | Path, bl
     ``workers > 0``.
 
     ``score_test``: new fine-tunes also record test top-1 (see ``finetune_arch``)."""
-    check_teacher_data(teacher_dir, data_path)
+    check_teacher_data(teacher_dir, data_path, subset)
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
     recipe = recipe_id(cfg)

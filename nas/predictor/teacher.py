@@ -1,6 +1,7 @@
 """``nas teacher``: train the reference network (the space's largest, or a named arch), or load a user's."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -19,10 +20,11 @@ def teacher_arch(space: SearchSpace, arch_id: Optional[str] = None):
     return space.parse_id(arch_id) if arch_id and arch_id != "largest" else space.decode(space.largest())
 
 
-def check_teacher_data(teacher_dir: str | Path, data_path: str | Path) -> None:
-    """Refuse to mix datasets in one pipeline folder: the teacher next to ``teacher_dir`` (its report,
-    ``teacher.json``) was made on ``data_path``'s dataset, or there is none yet. Distillation, samples and the
-    predictor's name all follow the teacher; results already in the folder would be reused for other data."""
+def check_teacher_data(teacher_dir: str | Path, data_path: str | Path, subset: Optional[int] = None) -> None:
+    """Refuse to mix data in one pipeline folder: the teacher next to ``teacher_dir`` (its report,
+    ``teacher.json``) was made on ``data_path``'s dataset and, if trained here, on the same ``subset``; or there
+    is none yet. Distillation, samples and the predictor's name all follow the teacher, and results already in
+    the folder would be reused for the other data."""
     from ..data import dataset_name
 
     report_path = Path(teacher_dir).parent / "teacher.json"
@@ -31,14 +33,47 @@ def check_teacher_data(teacher_dir: str | Path, data_path: str | Path) -> None:
     report = read_json(report_path, "teacher report")
     theirs = report.get("dataset")
     if theirs is None:  # a report from before teachers recorded it
-        try:
+        with contextlib.suppress(UserError):
             theirs = dataset_name(report["data"])
-        except UserError:
-            return
     ours = dataset_name(data_path)
-    if theirs != ours:
+    if theirs is not None and theirs != ours:
         raise UserError(report_path, f"this folder's teacher was trained on {theirs} ({report['data']}), not on "
                         f"{ours} ({data_path})", "use another --out for other data, or give the same --data")
+    if report.get("source") == "trained" and report.get("subset") != subset:
+        raise UserError(report_path, f"this folder's teacher was trained on {_images(report.get('subset'))}, "
+                        f"not {_images(subset)}", f"{_subset_flag(report.get('subset'))}, or use another --out")
+
+
+def _images(subset: Optional[int]) -> str:
+    return "all training images" if subset is None else f"--subset {subset}"
+
+
+def _subset_flag(subset: Optional[int]) -> str:
+    return "drop --subset to use it" if subset is None else f"give --subset {subset} to use it"
+
+
+def check_teacher_recipe(report: dict[str, Any], report_path: Path, cfg: TrainConfig) -> None:
+    """A teacher trained here with another recipe (epochs, lr, seed, ...) is not the one asked for."""
+    if report.get("source") != "trained":
+        return
+    refuse_other_recipe(report_path, "this folder's teacher was trained with", report["config"], asdict(cfg))
+
+
+# the command-line flags that ask for a recipe's values
+_RECIPE_FLAGS = {"epochs": "--teacher-epochs", "lr": "--teacher-lr", "steps": "--steps", "seed": "--seed"}
+
+
+def refuse_other_recipe(path: Path, made_with: str, theirs: dict[str, Any], ours: dict[str, Any]) -> None:
+    """What ``path`` holds was made with the recipe ``theirs``; asked for ``ours``, reusing it would be wrong."""
+    diff = [k for k in ours if theirs.get(k) != ours[k]]
+    if not diff:
+        return
+    if set(diff) <= set(_RECIPE_FLAGS) and all(theirs.get(k) is not None for k in diff):
+        fix = "give " + " ".join(f"{_RECIPE_FLAGS[k]} {theirs[k]:g}" for k in diff) + " to use it"
+    else:
+        fix = "use the same recipe"
+    raise UserError(path, f"{made_with} {', '.join(f'{k}={theirs.get(k)}' for k in diff)}, not "
+                    f"{', '.join(f'{k}={ours[k]}' for k in diff)}", f"{fix}, or use another --out")
 
 
 def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path, arch_id: Optional[str] = None,
@@ -51,9 +86,12 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
 
     out = Path(out_dir)
     report_path = out / "teacher.json"
-    check_teacher_data(out / "teacher", data_path)
+    check_teacher_data(out / "teacher", data_path, subset)
     if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
-        return read_json(report_path, "teacher report")
+        report = read_json(report_path, "teacher report")
+        if not checkpoint:
+            check_teacher_recipe(report, report_path, cfg)
+        return report
     arch = teacher_arch(space, arch_id)
     data = load_data(data_path, batch_size=batch_size, seed=cfg.seed, subset=subset, device=device,
                      input_size=space.frame.input_size)
