@@ -210,6 +210,17 @@ def most_likely(controller: Reinforce) -> np.ndarray:
     return controller.policy.most_likely()
 
 
+# settings that only matter after the search: a rerun may change them and reuse the search
+AFTER_SEARCH = ("checkpoint_every", "retrain_epochs", "retrain_lr", "select_epochs", "select_max")
+
+
+def search_settings(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig) -> dict[str, Any]:
+    """What a multi-path search depends on: the space, the domains (name and classes) and the search's own
+    settings. A checkpoint made with others is not continued."""
+    return {"space": space.signature(), "domains": {d: s.num_classes for d, s in data.items()},
+            **{k: v for k, v in asdict(cfg).items() if k not in AFTER_SEARCH}}
+
+
 class _SearchState:
     """What a multi-path search checkpoint holds beside the supernet and optimiser: controllers, prioritiser,
     path sampler, loader positions, the held-out batch each domain's next reward uses, and the reward history
@@ -222,11 +233,17 @@ class _SearchState:
         self.val_index = {d: 0 for d in data}
         self.history: list[dict[str, Any]] = []
 
-    def load(self, ckpt: Path, device: str) -> None:
+    def load(self, ckpt: Path, device: str, settings: dict[str, Any]) -> None:
         st = torch.load(ckpt, map_location=device, weights_only=True)
+        extra = json.loads(st["extra"])
+        theirs = extra.get("settings")
+        if theirs is not None and theirs != settings:
+            diff = [k for k in sorted(set(theirs) | set(settings)) if theirs.get(k) != settings.get(k)]
+            raise UserError(ckpt, "this search was made with " + ", ".join(f"{k}={theirs.get(k)}" for k in diff)
+                            + ", not " + ", ".join(f"{k}={settings.get(k)}" for k in diff),
+                            "give the same settings to continue it, or use another --out")
         self.net.load_state_dict(st["net"])
         self.opt.load_state_dict(st["opt"])
-        extra = json.loads(st["extra"])
         self.step, self.seconds = extra["step"], extra["seconds"]
         for d, c in self.controllers.items():
             c.load_state_dict(extra["controllers"][d])
@@ -236,8 +253,8 @@ class _SearchState:
         self.prio.load_state_dict(extra["prio"])
         self.rng.bit_generator.state = extra["rng"]
 
-    def save(self, ckpt: Path, step: int, seconds: float) -> None:
-        extra = {"step": step, "seconds": seconds, "prio": self.prio.state_dict(),
+    def save(self, ckpt: Path, step: int, seconds: float, settings: dict[str, Any]) -> None:
+        extra = {"settings": settings, "step": step, "seconds": seconds, "prio": self.prio.state_dict(),
                  "rng": self.rng.bit_generator.state,
                  "controllers": {d: c.state_dict() for d, c in self.controllers.items()},
                  "loaders": {d: s.train.state_dict() for d, s in self.data.items()}, "val_index": self.val_index,
@@ -263,8 +280,9 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
     rng = np.random.default_rng(cfg.seed)
     ckpt = out / "search.ckpt"
     state = _SearchState(net, opt, controllers, prio, rng, data)
+    settings = search_settings(space, data, cfg)
     if ckpt.exists():
-        state.load(ckpt, device)
+        state.load(ckpt, device, settings)
     step, seconds = state.step, state.seconds
     val_index, history = state.val_index, state.history
     iters = {d: _cycle(data[d].train) for d in domains}
@@ -315,7 +333,7 @@ def search_paths(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig,
                                     "loss": float(loss.detach())})
             bar.advance(task)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                state.save(ckpt, step, seconds + time.time() - t0)
+                state.save(ckpt, step, seconds + time.time() - t0, settings)
                 iters = {d_: _cycle(data[d_].train) for d_ in domains}  # restart from the saved positions
     paths = {d: space.decode(most_likely(c)) for d, c in controllers.items()}
     write_torch(out / "supernet.pt", {k: v.cpu() for k, v in net.state_dict().items()})

@@ -107,6 +107,18 @@ def test_search_resumes_after_kill(mini_space, synthetic_npz, second_npz, tmp_pa
     h_full, h_resumed = (pd.read_csv(tmp_path / x / "search_history.csv") for x in ("a", "b"))
     pd.testing.assert_frame_equal(h_full, h_resumed, check_exact=False, rtol=1e-4)
     assert len(h_full) == 2 * cfg.steps // cfg.controller_every
+    # the finished search is reused when only what comes after it changes; other search settings or
+    # domains are refused (they failed with a state_dict traceback, or continued with a mixed schedule)
+    from dataclasses import replace
+
+    again = search_paths(mini_space, load_domains(specs, mini_space, 32, 0), replace(cfg, retrain_epochs=9.0),
+                         tmp_path / "b")
+    assert {d: a.id for d, a in again["paths"].items()} == {d: a.id for d, a in full["paths"].items()}
+    with pytest.raises(UserError, match="steps=40, not steps=80"):
+        search_paths(mini_space, load_domains(specs, mini_space, 32, 0), replace(cfg, steps=80), tmp_path / "b")
+    other = [specs[0], DomainSpec("other", str(second_npz))]
+    with pytest.raises(UserError, match="domains=.*stripes.*, not domains=.*other"):
+        search_paths(mini_space, load_domains(other, mini_space, 32, 0), cfg, tmp_path / "b")
 
 
 def test_bad_domains(mini_space, synthetic_npz):
