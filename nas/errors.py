@@ -26,3 +26,13 @@ class UserError(Exception):
 
 class WeakPredictorWarning(UserWarning):
     """A fitted predictor barely ranks under cross-validation; the message says what to raise."""
+
+
+def refuse_changed_settings(path, made_with: str, theirs: dict, ours: dict, fix) -> None:
+    """A resumable job's folder holds work made with the settings ``theirs``; asked for ``ours``. Reusing it
+    would mix the two silently: raise a UserError naming the settings that differ, both ways. ``fix``: the
+    hint, or a function of the differing keys that writes it."""
+    keys = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if keys:
+        raise UserError(path, f"{made_with} {', '.join(f'{k}={theirs.get(k)}' for k in keys)}, not "
+                        f"{', '.join(f'{k}={ours.get(k)}' for k in keys)}", fix(keys) if callable(fix) else fix)

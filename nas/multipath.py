@@ -44,7 +44,7 @@ from torch import nn
 
 from .blocks import build_head, build_stage, build_stem
 from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
-from .errors import UserError
+from .errors import UserError, refuse_changed_settings
 from .io import write_csv, write_json, write_torch
 from .objectives import Objective
 from .search.rl import Reinforce
@@ -236,12 +236,9 @@ class _SearchState:
     def load(self, ckpt: Path, device: str, settings: dict[str, Any]) -> None:
         st = torch.load(ckpt, map_location=device, weights_only=True)
         extra = json.loads(st["extra"])
-        theirs = extra.get("settings")
-        if theirs is not None and theirs != settings:
-            diff = [k for k in sorted(set(theirs) | set(settings)) if theirs.get(k) != settings.get(k)]
-            raise UserError(ckpt, "this search was made with " + ", ".join(f"{k}={theirs.get(k)}" for k in diff)
-                            + ", not " + ", ".join(f"{k}={settings.get(k)}" for k in diff),
-                            "give the same settings to continue it, or use another --out")
+        if "settings" in extra:  # checkpoints from before it was recorded load as they are
+            refuse_changed_settings(ckpt, "this search was made with", extra["settings"], settings,
+                                    "give the same settings to continue it, or use another --out")
         self.net.load_state_dict(st["net"])
         self.opt.load_state_dict(st["opt"])
         self.step, self.seconds = extra["step"], extra["seconds"]

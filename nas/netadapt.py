@@ -21,7 +21,7 @@ from timm.layers import make_divisible
 from timm.models._efficientnet_builder import round_channels
 
 from .blocks import build_model
-from .errors import UserError
+from .errors import UserError, refuse_changed_settings
 from .io import atomic_path, read_json, write_csv, write_json
 from .latency import LatencyTable
 from .space import Arch, SearchSpace, StageChoice
@@ -183,6 +183,11 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
                         f"({smallest:.4f} ms by the table)", "raise the budget")
     if state_path.exists():
         state = read_json(state_path, "adapt state")
+        # another budget, recipe, network or table would continue (or, finished, extend) this adaptation
+        refuse_changed_settings(state_path, "this adaptation was started with",
+                                {**state["config"], "initial_ms": round(state["initial_ms"], 6)},
+                                {**asdict(cfg), "initial_ms": round(lat0, 6)},
+                                "give the same --net, --table and settings to continue it, or use another --out")
         arch, model = load_network(out / "current")
     else:
         model = model.cpu()

@@ -79,6 +79,12 @@ def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_p
     assert arch2 == a
     for k, v in model.state_dict().items():
         assert torch.equal(v, model2.state_dict()[k])
+    # the same folder with another budget would go on shrinking the finished network: refused
+    with pytest.raises(UserError, match="budget_ratio=1.0, not budget_ratio=0.9"):
+        adapt(mini_space, model, a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ratio=0.9),
+              measure=False, quiet=True)
+    assert adapt(mini_space, model, a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ratio=1.0),
+                 measure=False, quiet=True)["unchanged"]  # the same settings: as before
 
 
 def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_npz, tmp_path):

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from ..blocks import build_model
-from ..errors import UserError
+from ..errors import UserError, refuse_changed_settings
 from ..export import load_network, load_user_weights, save_network
 from ..io import read_json, write_json
 from ..space import SearchSpace
@@ -65,15 +65,13 @@ _RECIPE_FLAGS = {"epochs": "--teacher-epochs", "lr": "--teacher-lr", "steps": "-
 
 def refuse_other_recipe(path: Path, made_with: str, theirs: dict[str, Any], ours: dict[str, Any]) -> None:
     """What ``path`` holds was made with the recipe ``theirs``; asked for ``ours``, reusing it would be wrong."""
-    diff = [k for k in ours if theirs.get(k) != ours[k]]
-    if not diff:
-        return
-    if set(diff) <= set(_RECIPE_FLAGS) and all(theirs.get(k) is not None for k in diff):
-        fix = "give " + " ".join(f"{_RECIPE_FLAGS[k]} {theirs[k]:g}" for k in diff) + " to use it"
-    else:
-        fix = "use the same recipe"
-    raise UserError(path, f"{made_with} {', '.join(f'{k}={theirs.get(k)}' for k in diff)}, not "
-                    f"{', '.join(f'{k}={ours[k]}' for k in diff)}", f"{fix}, or use another --out")
+    def fix(keys: list[str]) -> str:
+        if set(keys) <= set(_RECIPE_FLAGS) and all(theirs.get(k) is not None for k in keys):
+            flags = " ".join(f"{_RECIPE_FLAGS[k]} {theirs[k]:g}" for k in keys)
+            return f"give {flags} to use it, or use another --out"
+        return "use the same recipe, or another --out"
+
+    refuse_changed_settings(path, made_with, theirs, ours, fix)
 
 
 def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path, arch_id: Optional[str] = None,
