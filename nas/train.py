@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, refuse_changed_settings
 from .io import write_torch
 from .progress import progress_bar
 
@@ -117,6 +117,9 @@ def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optio
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device or "cpu", weights_only=True)
+        if "config" in state:  # a run interrupted under another recipe would continue on a mixed schedule
+            refuse_changed_settings(ckpt, "this interrupted training ran with", state["config"], asdict(cfg),
+                                    "give the same settings to continue it, or delete the checkpoint to start over")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
@@ -154,11 +157,11 @@ def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optio
                 entry["val_top1"] = evaluate(model, val_loader)
             history.append(entry)
             if ckpt is not None:
-                _save_checkpoint(ckpt, model, opt, step, history, train_loader)
+                _save_checkpoint(ckpt, model, opt, step, history, train_loader, cfg)
     return {"steps": step, "history": history, "config": asdict(cfg), "seconds": time.time() - t0}
 
 
-def _save_checkpoint(path: Path, model, opt, step, history, loader) -> None:
+def _save_checkpoint(path: Path, model, opt, step, history, loader, cfg: TrainConfig) -> None:
     write_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                        "history": history, "loader": loader.state_dict() if hasattr(loader, "state_dict") else {},
-                       "torch_rng": torch.get_rng_state()})
+                       "torch_rng": torch.get_rng_state(), "config": asdict(cfg)})

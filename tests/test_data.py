@@ -179,3 +179,21 @@ def test_archive_at_another_input_size_is_a_clear_error(synthetic_npz):
     assert load_data(synthetic_npz, input_size=32).input_size == 32
     with pytest.raises(UserError, match="images are 32px, the space expects 224px"):
         load_data(synthetic_npz, input_size=224)
+
+
+def test_interrupted_training_continues_only_with_its_own_recipe(tmp_path):
+    """An epoch-end checkpoint records the recipe: resumed under another one (e.g. more epochs) it would
+    continue on a mixed learning-rate schedule, so that is refused."""
+    from torch import nn
+
+    from nas.train import TrainConfig, train_model
+
+    x, y = (torch.from_numpy(a) for a in _arrays(64))
+    loader = TensorLoader(x, y, 16, train=True)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    ckpt = tmp_path / "train.ckpt"
+    train_model(model, loader, TrainConfig(epochs=1, lr=0.01), checkpoint=ckpt)
+    assert ckpt.exists()
+    with pytest.raises(UserError, match="epochs=1, not epochs=2"):
+        train_model(model, loader, TrainConfig(epochs=2, lr=0.01), checkpoint=ckpt)
+    assert train_model(model, loader, TrainConfig(epochs=1, lr=0.01), checkpoint=ckpt)["steps"] == 4
