@@ -51,6 +51,13 @@ def test_distillation_lowers_nsr_and_resumes(mini_space, synthetic_npz, teacher_
     assert ckpt.exists()
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < 60
+    from dataclasses import replace
+
+    from nas.errors import UserError
+
+    with pytest.raises(UserError, match="steps=60, not steps=90"):  # its own recipe only
+        distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1,
+                      replace(longer, steps=90), str(tmp_path / "c"))
     resumed = distill_stage(str(mini_space.source), str(teacher_dir / "teacher"), str(synthetic_npz), 1, longer,
                             str(tmp_path / "c"))
     np.testing.assert_allclose(resumed["nsr"], after["nsr"], rtol=1e-4, atol=1e-6)

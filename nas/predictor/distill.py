@@ -91,6 +91,12 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
     ckpt = out / f"stage{stage}.ckpt"
     if ckpt.exists():
         st = torch.load(ckpt, map_location=device, weights_only=True)
+        if "config" in st:  # an interrupted stage continues only under its own recipe
+            from .teacher import refuse_other_recipe
+
+            refuse_other_recipe(ckpt, "this interrupted distillation ran with",
+                                dict(json.loads(st["config"]), checkpoint_every=None),
+                                dict(asdict(cfg), checkpoint_every=None))
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step, seconds = int(st["step"]), float(st["seconds"])
@@ -124,7 +130,7 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
                 step += 1
                 bar.advance(task)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    _save(ckpt, net, opt, step, seconds + time.time() - t0, rng, data.train)
+                    _save(ckpt, net, opt, step, seconds + time.time() - t0, rng, data.train, cfg)
     train_seconds = seconds + time.time() - t0
     t1 = time.time()
     options = None if cfg.fixed_option is None else [cfg.fixed_option]
@@ -137,9 +143,10 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
     return result
 
 
-def _save(path: Path, net, opt, step, seconds, rng, loader) -> None:
+def _save(path: Path, net, opt, step, seconds, rng, loader, cfg: DistillConfig) -> None:
     write_torch(path, {"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds,
-                       "rng": json.dumps(rng.bit_generator.state), "loader": loader.state_dict()})
+                       "rng": json.dumps(rng.bit_generator.state), "loader": loader.state_dict(),
+                       "config": json.dumps(asdict(cfg))})
 
 
 def save_stage_weights(net: ElasticStage, path: Path) -> None:
