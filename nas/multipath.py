@@ -45,7 +45,7 @@ from torch import nn
 from .blocks import build_head, build_stage, build_stem
 from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
 from .errors import UserError, refuse_changed_settings
-from .io import write_csv, write_json, write_torch
+from .io import atomic_path, write_csv, write_json, write_torch
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
@@ -733,7 +733,8 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     retrain = train_joint(joint.to(device), data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
     acc = evaluate_joint(joint, data)
     joint.cpu()
-    save_file({k: v.contiguous() for k, v in joint.state_dict().items()}, str(out / "joint.safetensors"))
+    with atomic_path(out / "joint.safetensors", suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in joint.state_dict().items()}, str(tmp))
     f = space.frame
     shape = (1, f.in_chans, f.input_size, f.input_size)
     for d in paths:

@@ -7,7 +7,6 @@ Results from another environment (fingerprint) are refused rather than mixed.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..blocks import build_model
 from ..errors import UserError
-from ..io import read_json, write_bytes, write_csv, write_json
+from ..io import read_json, write_bytes, write_csv, write_json, write_text
 from ..progress import progress_bar
 from ..space import SearchSpace, carried_space
 from . import engine
@@ -420,11 +419,11 @@ def export_bundle(space: SearchSpace, device: str, bundle: str | Path, threads: 
                 "protocol": {**asdict(protocol), "threads": threads, "batch": batch},
                 "entries": manifest_entries}
     write_json(bundle / "manifest.json", manifest)
-    shutil.copyfile(engine.__file__, bundle / "run_bundle.py")
-    (bundle / "README.txt").write_text(
-        "hwnas latency bundle\n\nOn the target device (needs Python 3, numpy, onnxruntime):\n"
-        "    python run_bundle.py            # resumable: run again after an interruption\n"
-        "Then copy this folder back and run:\n    nas profile --import-results <this folder>\n", encoding="utf-8")
+    write_bytes(bundle / "run_bundle.py", Path(engine.__file__).read_bytes())
+    write_text(bundle / "README.txt",
+               "hwnas latency bundle\n\nOn the target device (needs Python 3, numpy, onnxruntime):\n"
+               "    python run_bundle.py            # resumable: run again after an interruption\n"
+               "Then copy this folder back and run:\n    nas profile --import-results <this folder>\n")
     return bundle
 
 
