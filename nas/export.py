@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_path, read_json, write_bytes, write_json
+from .io import atomic_path, read_json, read_torch, write_bytes, write_json
 from .space import Arch
 
 OPSET = 17
@@ -102,11 +102,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise UserError(path, f"cannot read checkpoint safely: {str(e).splitlines()[0]}",
-                        "save weights as safetensors or a plain state_dict") from None
+    obj = read_torch(path, "checkpoint safely", fix="save weights as safetensors or a plain state_dict")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

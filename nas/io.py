@@ -63,6 +63,19 @@ def write_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def read_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu",
+               fix: str = "delete it to start that step over") -> Any:
+    """``torch.load(weights_only=True)`` (never an arbitrary pickle); a damaged or foreign file is a UserError."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        # torch's own first line suggests weights_only=False, which this toolkit never does
+        raise UserError(path, f"cannot read {what}: damaged, or not a weights-only PyTorch file "
+                        f"({type(e).__name__})", fix) from None
+
+
 def write_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame atomically, without its index."""
     with atomic_path(path, suffix=".csv") as tmp:

@@ -45,7 +45,7 @@ from torch import nn
 from .blocks import build_head, build_stage, build_stem
 from .cost import head_cost, stage_choice_option, stage_cost, stem_cost
 from .errors import UserError, refuse_changed_settings
-from .io import atomic_path, write_csv, write_json, write_torch
+from .io import atomic_path, read_torch, write_csv, write_json, write_torch
 from .objectives import Objective
 from .search.rl import Reinforce
 from .space import Arch, SearchSpace
@@ -234,7 +234,7 @@ class _SearchState:
         self.history: list[dict[str, Any]] = []
 
     def load(self, ckpt: Path, device: str, settings: dict[str, Any]) -> None:
-        st = torch.load(ckpt, map_location=device, weights_only=True)
+        st = read_torch(ckpt, "search checkpoint", device)
         extra = json.loads(st["extra"])
         if "settings" in extra:  # checkpoints from before it was recorded load as they are
             refuse_changed_settings(ckpt, "this search was made with", extra["settings"], settings,
@@ -385,7 +385,7 @@ def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Ar
     model = JointModel(space, paths, classes)
     if supernet is not None:
         net = MultiPathSupernet(space, classes)
-        net.load_state_dict(torch.load(supernet, map_location="cpu", weights_only=True))
+        net.load_state_dict(read_torch(supernet, "search supernet", fix="run nas multipath again to write it"))
         model.load_from_supernet(net)
     train_joint(model.to(device), data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
     return evaluate_joint(model, data, split="val")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .io import write_csv, write_json, write_torch
+from .io import read_torch, write_csv, write_json, write_torch
 from .space import Arch, SearchSpace, placement_name
 from .supernet import SlicedBN, batch_statistics, recalibrate_bn
 
@@ -325,7 +325,7 @@ def _save_mixture_checkpoint(path, fingerprint: str, step: int, seconds: float, 
 
 def _load_mixture_checkpoint(path, fingerprint: str, models: list[nn.Module], opts: list[torch.optim.Optimizer],
                              rng: np.random.Generator, data) -> tuple[int, float, np.ndarray, np.ndarray]:
-    st = torch.load(path, map_location="cpu", weights_only=True)
+    st = read_torch(path, "mixture checkpoint")
     extra = json.loads(st["extra"])
     if extra["fingerprint"] != fingerprint:
         raise UserError(path, "checkpoint was written by another mixture configuration, space or dataset size",

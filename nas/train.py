@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError, refuse_changed_settings
-from .io import write_torch
+from .io import read_torch, write_torch
 from .progress import progress_bar
 
 
@@ -116,7 +116,7 @@ def train_model(model: nn.Module, train_loader, cfg: TrainConfig, teacher: Optio
     step, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device or "cpu", weights_only=True)
+        state = read_torch(ckpt, "training checkpoint", device or "cpu")
         if "config" in state:  # a run interrupted under another recipe would continue on a mixed schedule
             refuse_changed_settings(ckpt, "this interrupted training ran with", state["config"], asdict(cfg),
                                     "give the same settings to continue it, or delete the checkpoint to start over")

@@ -197,3 +197,6 @@ def test_interrupted_training_continues_only_with_its_own_recipe(tmp_path):
     with pytest.raises(UserError, match="epochs=1, not epochs=2"):
         train_model(model, loader, TrainConfig(epochs=2, lr=0.01), checkpoint=ckpt)
     assert train_model(model, loader, TrainConfig(epochs=1, lr=0.01), checkpoint=ckpt)["steps"] == 4
+    (tmp_path / "damaged.ckpt").write_bytes(b"garbage")  # e.g. a disk that filled up: one line, no traceback
+    with pytest.raises(UserError, match="damaged.ckpt: cannot read training checkpoint.*delete it"):
+        train_model(model, loader, TrainConfig(epochs=1, lr=0.01), checkpoint=tmp_path / "damaged.ckpt")

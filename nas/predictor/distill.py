@@ -21,7 +21,7 @@ import torch
 
 from ..cost import stage_cost
 from ..errors import UserError
-from ..io import write_csv, write_json, write_torch
+from ..io import read_torch, write_csv, write_json, write_torch
 from ..progress import progress_bar
 from ..space import SearchSpace, StageChoice, StageOption
 from ..supernet import ElasticStage, batch_statistics, largest_choices, recalibrate_bn
@@ -90,7 +90,7 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
     step, t0, seconds = 0, time.time(), 0.0
     ckpt = out / f"stage{stage}.ckpt"
     if ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=True)
+        st = read_torch(ckpt, "distillation checkpoint", device)
         if "config" in st:  # an interrupted stage continues only under its own recipe
             from .teacher import refuse_other_recipe
 
