@@ -87,6 +87,10 @@ def test_resume_with_other_settings_is_refused(small_table, tmp_path):
     run_search(_cfg(path, decisions, evaluations=60), out=tmp_path, quiet=True)
     with pytest.raises(UserError, match="other settings"):
         run_search(_cfg(path, decisions, evaluations=60, seed=1), out=tmp_path, quiet=True)
+    state = tmp_path / "state" / "evaluated.npz"
+    state.write_bytes(state.read_bytes()[:100])  # damaged (e.g. a full disk): one line, not a zipfile traceback
+    with pytest.raises(UserError, match="damaged search state"):
+        run_search(_cfg(path, decisions, evaluations=60), out=tmp_path, quiet=True)
 
 
 def test_checkpoint_from_before_a_new_setting_resumes(small_table, tmp_path):

@@ -242,11 +242,17 @@ class Archive:
 
     @classmethod
     def load(cls, path: Path, D: int, metric_names: list[str], count: int) -> "Archive":
+        import zipfile
+
         arc = cls(D, metric_names)
-        with np.load(path, allow_pickle=False) as z:
-            arc.pop = z["pop"][:count].astype(np.int64)
-            arc.island, arc.generation = z["island"][:count], z["generation"][:count]
-            arc.values = {m: z[f"v_{i}"][:count] for i, m in enumerate(metric_names)}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arc.pop = z["pop"][:count].astype(np.int64)
+                arc.island, arc.generation = z["island"][:count], z["generation"][:count]
+                arc.values = {m: z[f"v_{i}"][:count] for i, m in enumerate(metric_names)}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(path, f"damaged search state ({type(e).__name__})",
+                            "delete the run folder's state/ to start the search over, or choose a new --out") from None
         arc.keys = set(encode_rows(arc.pop))
         return arc
 
