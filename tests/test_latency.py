@@ -304,3 +304,15 @@ def test_an_existing_table_keeps_its_granularity_unless_forced(tmp_path, tiny_sp
     layer = profile(tiny_space, "cpu-ort-1t", granularity="layer", force=True, out_root=tmp_path, protocol=FAST,
                     quiet=True)
     assert layer.granularity == "layer" and len(layer.rows) < len(stage.rows)
+
+
+def test_records_after_a_torn_line_are_kept(tmp_path):
+    """A kill mid-append leaves a torn last line; what is appended after it must stay readable (it used to
+    continue the torn line, and every record from there on was lost at each resume)."""
+    path = str(tmp_path / "results.jsonl")
+    engine.append_jsonl(path, [{"key": "a"}])
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"key": "b", "tim')  # torn
+    engine.append_jsonl(path, [{"key": "b"}, {"key": "c"}])
+    engine.append_jsonl(path, [{"key": "d"}])
+    assert [r["key"] for r in engine.load_jsonl(path)] == ["a", "b", "c", "d"]

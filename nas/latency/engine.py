@@ -151,7 +151,7 @@ def reference_ms(measurements: Iterable[dict[str, Any]]) -> float:
 
 # ---------------------------------------------------------------------- state files
 def load_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a partial run; a torn last line (kill -9 during a write) is ignored."""
+    """Records of a partial run; a torn line (kill -9 during a write) is skipped, the records after it kept."""
     if not os.path.exists(path):
         return []
     out = []
@@ -160,12 +160,21 @@ def load_jsonl(path: str) -> list[dict[str, Any]]:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                break
+                continue
     return out
 
 
 def append_jsonl(path: str, records: Iterable[dict[str, Any]]) -> None:
+    """Append one line per record. After a torn last line (a kill mid-write) a newline comes first: the new
+    records must not continue that line, or they would be unreadable with it."""
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
         for r in records:
             f.write(json.dumps(r) + "\n")
         f.flush()
