@@ -171,8 +171,8 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
 
 # ---------------------------------------------------------------------- accuracy predictor
 def teacher(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor", *,
-            space: "str | SearchSpace" = "mobilenetv3_cifar", arch: str = "largest", checkpoint: Optional[str] = None,
-            teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
+            space: "str | SearchSpace" = "mobilenetv3_cifar", arch: Optional[str] = None,
+            checkpoint: Optional[str] = None, teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
             subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
             quiet: bool = False) -> dict[str, Any]:
     """``nas teacher``: train the reference network (resumable) or load ``checkpoint``; the report
@@ -251,7 +251,8 @@ def pipeline(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/predictor
              sample_seeds: int = 1, teacher_epochs: Optional[float] = None, teacher_lr: Optional[float] = None,
              finetune_epochs: Optional[float] = None, finetune_lr: Optional[float] = None,
              dataset: Optional[str] = None, workers: int = 0, ray_address: Optional[str] = None,
-             subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "Predictor":
+             subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
+             quiet: bool = False) -> "Predictor":
     """``nas pipeline``: teacher, block library, fine-tuned samples and fit in one resumable call;
     the predictor is saved to ``<out>/predictor.json``."""
     from .predictor.distill import DistillConfig

@@ -292,7 +292,8 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 def _teacher_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("teacher", help="train the reference network, or load a user checkpoint")
     _data_args(sp, parallel=False)  # one network: nothing to spread over workers
-    sp.add_argument("--arch", default="largest", help="arch id of the teacher (default: the space's largest)")
+    sp.add_argument("--arch", default=None, help="arch id of the teacher (default: the space's largest, or the "
+                                                 "one already in --out)")
     sp.add_argument("--checkpoint", help="use these weights instead of training (safetensors or state_dict)")
     sp.add_argument("--teacher-epochs", type=float, default=None)
     sp.add_argument("--teacher-lr", type=float, default=None)

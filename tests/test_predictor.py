@@ -397,7 +397,7 @@ def test_a_pipeline_folder_refuses_another_recipe_or_subset(synthetic_npz, tmp_p
     (run / "teacher").mkdir(parents=True)
     (run / "teacher" / "model.safetensors").write_bytes(b"")
     report = {"data": str(synthetic_npz), "dataset": "cifar10", "source": "trained", "subset": None,
-              "config": asdict(training_recipe("teacher"))}
+              "config": asdict(training_recipe("teacher")), "arch_id": "d3k7e6w125sh-" * 4 + "d3k7e6w125sh"}
     (run / "teacher.json").write_text(json.dumps(report))
     (run / "blocks").mkdir()
     (run / "blocks" / "stage0_nsr.json").write_text(json.dumps({"config": asdict(DistillConfig(steps=1000))}))
@@ -406,7 +406,9 @@ def test_a_pipeline_folder_refuses_another_recipe_or_subset(synthetic_npz, tmp_p
              (["pipeline", "--teacher-lr", "0.2"], "lr=0.1", "--teacher-lr 0.1"),
              (["distill", "--steps", "3000"], "steps=1000", "--steps 1000"),
              (["pipeline", "--seed", "1"], "seed=0", "--seed 0"),
-             (["predictor", "sample", "--subset", "500"], "all training images", "drop --subset")]
+             (["predictor", "sample", "--subset", "500"], "all training images", "drop --subset"),
+             (["teacher", "--arch", "d1k3e3w75r-d1k3e3w75r-d1k3e3w75r-d1k3e3w75r-d1k3e3w75r"], "teacher is",
+              "drop --arch")]
     for argv, was, fix in cases:
         assert main([*argv, *data]) == 2, argv
         err = capsys.readouterr().err

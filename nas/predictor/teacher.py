@@ -87,6 +87,9 @@ def train_teacher(space: SearchSpace, data_path: str | Path, out_dir: str | Path
     check_teacher_data(out / "teacher", data_path, subset)
     if report_path.exists() and (out / "teacher" / "model.safetensors").exists():
         report = read_json(report_path, "teacher report")
+        if arch_id is not None and report["arch_id"] != teacher_arch(space, arch_id).id:
+            raise UserError(report_path, f"this folder's teacher is {report['arch_id']}, not {arch_id}",
+                            "drop --arch to use it, or use another --out")
         if not checkpoint:
             check_teacher_recipe(report, report_path, cfg)
         return report
