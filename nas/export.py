@@ -84,7 +84,7 @@ def load_network(net_dir: str | os.PathLike) -> tuple[Arch, nn.Module]:
     from .blocks import build_model
 
     net_dir = Path(net_dir)
-    arch = Arch.from_json(read_json(net_dir / "arch.json", "arch file"))
+    arch = Arch.from_json(read_json(net_dir / "arch.json", "arch file"), str(net_dir / "arch.json"))
     weights = net_dir / "model.safetensors"
     if not weights.exists():
         raise UserError(weights, "weights not found", "export the network again with nas export")

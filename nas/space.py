@@ -114,15 +114,17 @@ class Arch:
                 "arch_def": self.to_arch_def()}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Arch":
+    def from_json(cls, obj: dict[str, Any], where: str = "arch JSON") -> "Arch":
+        """``where``: the file it came from, for the error message."""
         try:
             arch = cls(space=obj["space"], frame=Frame(**obj["frame"]),
                        stages=tuple(StageChoice(**s) for s in obj["stages"]),
                        searched_strides=bool(obj.get("searched_strides", False)))
         except (KeyError, TypeError) as e:
-            raise UserError("arch JSON", f"malformed architecture: {e}", "use a file written by nas") from None
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise UserError(where, f"malformed architecture: {what}", "use a file written by nas") from None
         if "id" in obj and obj["id"] != arch.id:
-            raise UserError("arch JSON", f"id {obj['id']!r} does not match its stages ({arch.id})",
+            raise UserError(where, f"id {obj['id']!r} does not match its stages ({arch.id})",
                             "do not edit arch JSON by hand")
         return arch
 

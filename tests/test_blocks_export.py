@@ -113,3 +113,12 @@ def test_costs_vectorised_equal_loop(cifar_space):
     m = cost.macs(cifar_space, pop)
     loop = [cost.macs(cifar_space, row[None])[0] for row in pop]
     np.testing.assert_array_equal(m, loop)
+
+
+def test_a_malformed_arch_file_names_itself(tmp_path):
+    from nas.errors import UserError
+    from nas.export import load_network
+
+    (tmp_path / "arch.json").write_text('{"id": 5}')
+    with pytest.raises(UserError, match=r"arch.json: malformed architecture: no 'space'"):
+        load_network(tmp_path)
