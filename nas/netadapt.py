@@ -21,6 +21,7 @@ from timm.layers import make_divisible
 from timm.models._efficientnet_builder import round_channels
 
 from .blocks import build_model
+from .data import dataset_name
 from .errors import UserError, refuse_changed_settings
 from .io import atomic_path, read_json, write_csv, write_json
 from .latency import LatencyTable
@@ -181,19 +182,24 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
     if budget < smallest:
         raise UserError("--budget-ms", f"{budget:.4f} ms is below the smallest shrink of this network "
                         f"({smallest:.4f} ms by the table)", "raise the budget")
+    data_now = {"dataset": dataset_name(data_path), "subset": subset}
     if state_path.exists():
         state = read_json(state_path, "adapt state")
-        # another budget, recipe, network or table would continue (or, finished, extend) this adaptation
+        # another budget, recipe, network, table or data would continue (or, finished, extend) this adaptation
+        data_was = {k: state[k] for k in ("dataset", "subset") if k in state}  # states from before: not recorded
         refuse_changed_settings(state_path, "this adaptation was started with",
-                                {**state["config"], "initial_ms": round(state["initial_ms"], 6)},
-                                {**asdict(cfg), "initial_ms": round(lat0, 6)},
-                                "give the same --net, --table and settings to continue it, or use another --out")
+                                {**state["config"], "initial_ms": round(state["initial_ms"], 6), **data_was},
+                                {**asdict(cfg), "initial_ms": round(lat0, 6),
+                                 **{k: v for k, v in data_now.items() if k in data_was}},
+                                "give the same --net, --table, --data and settings to continue it, "
+                                "or use another --out")
         arch, model = load_network(out / "current")
     else:
         model = model.cpu()
         out.mkdir(parents=True, exist_ok=True)
         save_network(arch, model, out / "current", onnx=False)
-        state = {"iteration": 0, "initial_ms": lat0, "budget_ms": budget, "config": asdict(cfg), "trajectory": []}
+        state = {"iteration": 0, "initial_ms": lat0, "budget_ms": budget, "config": asdict(cfg), **data_now,
+                 "trajectory": []}
         state["trajectory"].append(_trajectory_row(space, table, 0, arch, None, model, data_path, subset, measure,
                                                    device))
         write_json(state_path, state)

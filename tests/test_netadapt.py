@@ -85,6 +85,11 @@ def test_met_budget_changes_nothing(mini_space, mini_table, synthetic_npz, tmp_p
               measure=False, quiet=True)
     assert adapt(mini_space, model, a, mini_table, synthetic_npz, tmp_path, AdaptConfig(budget_ratio=1.0),
                  measure=False, quiet=True)["unchanged"]  # the same settings: as before
+    fmnist = tmp_path / "fashion-mnist"
+    fmnist.mkdir()
+    with pytest.raises(UserError, match="dataset=cifar10.*not dataset=fashion-mnist"):  # nor other data
+        adapt(mini_space, model, a, mini_table, fmnist, tmp_path, AdaptConfig(budget_ratio=1.0), measure=False,
+              quiet=True)
 
 
 def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_npz, tmp_path):
