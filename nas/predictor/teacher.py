@@ -54,7 +54,7 @@ def _subset_flag(subset: Optional[int]) -> str:
 
 def check_teacher_recipe(report: dict[str, Any], report_path: Path, cfg: TrainConfig) -> None:
     """A teacher trained here with another recipe (epochs, lr, seed, ...) is not the one asked for."""
-    if report.get("source") != "trained":
+    if report.get("source") != "trained" or "config" not in report:  # a user's weights, or cannot tell
         return
     refuse_other_recipe(report_path, "this folder's teacher was trained with", report["config"], asdict(cfg))
 
