@@ -93,7 +93,9 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         return 0
     pred = _fitted(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
                                       "quiet"))
-    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {pred.cv_kendall_tau:.3f}) -> {pred.path}"
+    tau = pred.cv_kendall_tau
+    shown = f"{tau:.3f}" if tau == tau else "undefined"  # NaN when the predictions do not vary (see the warning)
+    print(f"predictor ({pred.meta['chosen']}, CV Kendall tau {shown}) -> {pred.path}"
           f"{_how_to_search_with(pred, a.space)}")
     return 0
 
