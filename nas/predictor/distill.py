@@ -94,9 +94,8 @@ def distill_stage(space_path: str, teacher_dir: str, data_path: str, stage: int,
         if "config" in st:  # an interrupted stage continues only under its own recipe
             from .teacher import refuse_other_recipe
 
-            refuse_other_recipe(ckpt, "this interrupted distillation ran with",
-                                dict(json.loads(st["config"]), checkpoint_every=None),
-                                dict(asdict(cfg), checkpoint_every=None))
+            refuse_other_recipe(ckpt, "this interrupted distillation ran with", _recipe(json.loads(st["config"])),
+                                _recipe(asdict(cfg)))
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step, seconds = int(st["step"]), float(st["seconds"])
@@ -201,12 +200,17 @@ def score_options(space: SearchSpace, net: ElasticStage, teacher, data, stage: i
 
 
 # ---------------------------------------------------------------------- all stages
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A distillation config as compared between runs: the checkpoint interval may change."""
+    return dict(config, checkpoint_every=None)
+
+
 def check_distill_recipe(out: Path, n_stages: int, cfg: DistillConfig) -> None:
     """Stages already distilled in ``out`` with another recipe (the checkpoint interval aside) would be
     reused as they are: refuse instead."""
     from .teacher import refuse_other_recipe
 
-    ours = dict(asdict(cfg), checkpoint_every=None)
+    ours = _recipe(asdict(cfg))
     for stage in range(n_stages):
         path = out / f"stage{stage}_nsr.json"
         if not path.exists():
@@ -214,8 +218,7 @@ def check_distill_recipe(out: Path, n_stages: int, cfg: DistillConfig) -> None:
         made = json.loads(path.read_text())
         if "config" not in made:  # cannot tell
             continue
-        theirs = dict(made["config"], checkpoint_every=None)
-        refuse_other_recipe(path, "this block library was distilled with", theirs, ours)
+        refuse_other_recipe(path, "this block library was distilled with", _recipe(made["config"]), ours)
 
 
 def run_distillation(space: SearchSpace, teacher_dir: str | Path, data_path: str | Path, out_dir: str | Path,

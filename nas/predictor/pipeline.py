@@ -6,7 +6,6 @@ the same command again after an interruption continues where it stopped. Phase w
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from .distill import DistillConfig, load_block_quality, run_distillation
 from .fit import fit_predictor
 from .model import Predictor
 from .sample import run_sample_seeds, stratified_sample
-from .teacher import train_teacher
+from .teacher import teacher_dataset, train_teacher
 
 
 @dataclass
@@ -50,12 +49,9 @@ def samples_dataset(out: str | Path, dataset: Optional[str] = None) -> str:
     if dataset:
         return dataset
     report_path = Path(out) / "teacher.json"
-    if report_path.exists():
-        report = read_json(report_path, "teacher report")
-        if report.get("dataset"):
-            return report["dataset"]
-        with contextlib.suppress(UserError):  # a report from before teachers recorded it: name its data path
-            return dataset_name(report["data"])
+    name = teacher_dataset(read_json(report_path, "teacher report")) if report_path.exists() else None
+    if name:
+        return name
     raise UserError("--dataset", f"cannot tell which dataset the samples in {out} were made on",
                     "name it with --dataset (e.g. cifar10)")
 

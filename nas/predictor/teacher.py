@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 
 from ..blocks import build_model
+from ..data import dataset_name
 from ..errors import UserError, refuse_changed_settings
 from ..export import load_network, load_user_weights, save_network
 from ..io import read_json, write_json
@@ -20,21 +21,26 @@ def teacher_arch(space: SearchSpace, arch_id: Optional[str] = None):
     return space.parse_id(arch_id) if arch_id and arch_id != "largest" else space.decode(space.largest())
 
 
+def teacher_dataset(report: dict[str, Any]) -> Optional[str]:
+    """The dataset a teacher report names; a report from before teachers recorded it is named by its data path
+    (``None`` where that path no longer tells)."""
+    if report.get("dataset"):
+        return report["dataset"]
+    with contextlib.suppress(UserError):
+        return dataset_name(report["data"])
+    return None
+
+
 def check_teacher_data(teacher_dir: str | Path, data_path: str | Path, subset: Optional[int] = None) -> None:
     """Refuse to mix data in one pipeline folder: the teacher next to ``teacher_dir`` (its report,
     ``teacher.json``) was made on ``data_path``'s dataset and, if trained here, on the same ``subset``; or there
     is none yet. Distillation, samples and the predictor's name all follow the teacher, and results already in
     the folder would be reused for the other data."""
-    from ..data import dataset_name
-
     report_path = Path(teacher_dir).parent / "teacher.json"
     if not report_path.exists():
         return
     report = read_json(report_path, "teacher report")
-    theirs = report.get("dataset")
-    if theirs is None:  # a report from before teachers recorded it
-        with contextlib.suppress(UserError):
-            theirs = dataset_name(report["data"])
+    theirs = teacher_dataset(report)
     ours = dataset_name(data_path)
     if theirs is not None and theirs != ours:
         raise UserError(report_path, f"this folder's teacher was trained on {theirs} ({report['data']}), not on "
