@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, refuse_changed_settings
 from .io import read_torch, write_csv, write_json, write_torch
 from .space import Arch, SearchSpace, placement_name
 from .supernet import SlicedBN, batch_statistics, recalibrate_bn
@@ -248,12 +248,14 @@ class MixtureConfig:
 
 def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: str = "cpu",
                   quiet: bool = True, checkpoint: Optional[str | Path] = None,
-                  checkpoint_every: int = 200) -> dict[str, Any]:
+                  checkpoint_every: int = 200, data_id: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Train M supernets with the balanced mixture; return W, the final assignment and the models.
 
     With ``checkpoint`` the state (models, optimizers, W, assignment, RNG, data position) is saved there
     every ``checkpoint_every`` steps and at the end; a later call with the same file continues from it and
-    ends exactly as an uninterrupted run."""
+    ends exactly as an uninterrupted run. It continues only with the same configuration, space, number of
+    steps and ``data_id`` (which data, e.g. ``{"data": file name, "subset": N}``); otherwise a UserError names
+    what differs."""
     from .progress import progress_bar
 
     torch.manual_seed(cfg.seed)
@@ -272,10 +274,9 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
     split_at = min(int(cfg.warmup_epochs * steps_per_epoch), total) if M > 1 else 0
     P = assignment(W, cfg.tau_start)
     start, seconds = 0, 0.0
-    fingerprint = json.dumps({"config": asdict(cfg), "space": space.describe(), "steps": total}, sort_keys=True,
-                             default=str)
+    settings = mixture_settings(space, cfg, total, data_id)
     if checkpoint is not None and Path(checkpoint).exists():
-        start, seconds, W, P = _load_mixture_checkpoint(checkpoint, fingerprint, models, opts, rng, data)
+        start, seconds, W, P = _load_mixture_checkpoint(checkpoint, settings, models, opts, rng, data)
     train = _cycle(data.train)
     t0 = time.time()
     with progress_bar(quiet) as bar:
@@ -304,7 +305,7 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
             W[i, k] = cfg.w_decay * W[i, k] + (1 - cfg.w_decay) * acc
             bar.advance(task)
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
-                _save_mixture_checkpoint(checkpoint, fingerprint, step + 1, seconds + time.time() - t0, W, P,
+                _save_mixture_checkpoint(checkpoint, settings, step + 1, seconds + time.time() - t0, W, P,
                                          models, opts, rng, data)
                 train = _cycle(data.train)  # continue from the saved position, as a resumed run does
     if split_at == total and M > 1:
@@ -314,20 +315,38 @@ def train_mixture(space: AnyPlacementSpace, data, cfg: MixtureConfig, device: st
             "split_at": split_at}
 
 
-def _save_mixture_checkpoint(path, fingerprint: str, step: int, seconds: float, W: np.ndarray, P: np.ndarray,
-                             models: list[nn.Module], opts: list[torch.optim.Optimizer], rng: np.random.Generator,
-                             data) -> None:
-    extra = {"fingerprint": fingerprint, "step": step, "seconds": seconds, "W": W.tolist(), "P": P.tolist(),
+def mixture_settings(space: AnyPlacementSpace, cfg: MixtureConfig, steps: int,
+                     data_id: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What a mixture checkpoint must match to be continued, flat so that an error can name what differs."""
+    return {**asdict(cfg), **{f"space.{k}": v for k, v in space.describe().items()}, "steps": steps,
+            **(data_id or {})}
+
+
+def _legacy_fingerprint(settings: dict[str, Any]) -> str:
+    """How checkpoints written before ``settings`` identified their run (without the data)."""
+    cfg = {k: v for k, v in settings.items() if k in MixtureConfig.__dataclass_fields__}
+    space = {k[len("space."):]: v for k, v in settings.items() if k.startswith("space.")}
+    return json.dumps({"config": cfg, "space": space, "steps": settings["steps"]}, sort_keys=True, default=str)
+
+
+def _save_mixture_checkpoint(path, settings: dict[str, Any], step: int, seconds: float, W: np.ndarray,
+                             P: np.ndarray, models: list[nn.Module], opts: list[torch.optim.Optimizer],
+                             rng: np.random.Generator, data) -> None:
+    extra = {"settings": settings, "step": step, "seconds": seconds, "W": W.tolist(), "P": P.tolist(),
              "rng": rng.bit_generator.state, "train": data.train.state_dict()}
     write_torch(path, {"models": [m.state_dict() for m in models], "opts": [o.state_dict() for o in opts],
                        "extra": json.dumps(extra)})
 
 
-def _load_mixture_checkpoint(path, fingerprint: str, models: list[nn.Module], opts: list[torch.optim.Optimizer],
-                             rng: np.random.Generator, data) -> tuple[int, float, np.ndarray, np.ndarray]:
+def _load_mixture_checkpoint(path, settings: dict[str, Any], models: list[nn.Module],
+                             opts: list[torch.optim.Optimizer], rng: np.random.Generator,
+                             data) -> tuple[int, float, np.ndarray, np.ndarray]:
     st = read_torch(path, "mixture checkpoint")
     extra = json.loads(st["extra"])
-    if extra["fingerprint"] != fingerprint:
+    if "settings" in extra:
+        refuse_changed_settings(path, "this mixture was trained with", extra["settings"], settings,
+                                "give the same settings to continue it, or use another --out")
+    elif extra["fingerprint"] != _legacy_fingerprint(settings):
         raise UserError(path, "checkpoint was written by another mixture configuration, space or dataset size",
                         "delete it, or use another output folder")
     for m, o, ms, os_ in zip(models, opts, st["models"], st["opts"]):
@@ -458,7 +477,8 @@ def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | 
     data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device,
                      input_size=space.input_size)
     space = fit_to_data(space, data, data_path)
-    res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt")
+    res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt",
+                        data_id={"data": Path(data_path).name, "subset": subset})
     ranking = score_placements(space, res, data, rule=rule)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
     write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),

@@ -1,4 +1,5 @@
 import math
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -233,9 +234,54 @@ def test_interrupted_mixture_resumes_exactly(synthetic_npz, tmp_path):
     for a, b in zip(resumed["models"], whole["models"]):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    with pytest.raises(UserError, match="another mixture configuration"):
+    with pytest.raises(UserError, match="trained with epochs=2.*not epochs=1"):
         train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=1), MixtureConfig(models=2, epochs=1,
                       batch_size=64, seed=1), checkpoint=ckpt)
+
+
+def test_mixture_folder_refuses_other_data_of_the_same_size(synthetic_npz, tmp_path, capsys):
+    """Another archive with as many images and classes gives the same number of steps: without the data in
+    the checkpoint's settings, the rerun would continue the first data's supernets on the second."""
+    import shutil
+
+    from nas.cli import main
+
+    other = tmp_path / "other.npz"
+    shutil.copy(synthetic_npz, other)
+    args = ["supernet-mixture", "--blocks", "3", "--pools", "1", "--base-width", "4", "--models", "1",
+            "--epochs", "0.2", "--out", str(tmp_path / "mix"), "--quiet"]
+    assert main(args + ["--data", str(synthetic_npz)]) == 0
+    assert main(args + ["--data", str(synthetic_npz)]) == 0  # same data: the finished mixture is reused
+    capsys.readouterr()
+    assert main(args + ["--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "data=synthetic.npz, not data=other.npz" in err and "Traceback" not in err
+
+
+def test_mixture_checkpoint_from_before_settings_still_resumes(synthetic_npz, tmp_path):
+    """Checkpoints written before the settings were recorded carry only the old fingerprint."""
+    import json
+
+    from nas.data import load_data
+    from nas.errors import UserError
+    from nas.io import read_torch, write_torch
+    from nas.pooling import mixture_settings
+
+    space = PlacementSpace(blocks=3, pools=1, base_width=4)
+    cfg = MixtureConfig(models=1, epochs=0.5, batch_size=64, seed=2)
+    ckpt = tmp_path / "m.ckpt"
+    first = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=2), cfg, checkpoint=ckpt)
+    st = read_torch(ckpt, "mixture checkpoint")
+    extra = json.loads(st["extra"])
+    settings = extra.pop("settings")
+    extra["fingerprint"] = json.dumps({"config": asdict(cfg), "space": space.describe(), "steps": settings["steps"]},
+                                      sort_keys=True, default=str)
+    write_torch(ckpt, {**st, "extra": json.dumps(extra)})
+    again = train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=2), cfg, checkpoint=ckpt)
+    np.testing.assert_array_equal(again["W"], first["W"])
+    assert settings == mixture_settings(space, cfg, settings["steps"])
+    with pytest.raises(UserError, match="another mixture configuration"):
+        train_mixture(space, load_data(synthetic_npz, batch_size=64, seed=2), replace(cfg, seed=3), checkpoint=ckpt)
 
 
 def test_standalone_run_counts_hits_on_test_and_extra_images(synthetic_npz):
