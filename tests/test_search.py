@@ -93,6 +93,24 @@ def test_resume_with_other_settings_is_refused(small_table, tmp_path):
         run_search(_cfg(path, decisions, evaluations=60), out=tmp_path, quiet=True)
 
 
+def test_resume_after_the_scoring_files_changed_is_refused(small_table, tmp_path):
+    """Same options, but the table (or predictor) file was re-made in between: the networks already scored
+    with the old values would share one front with the new ones."""
+    import shutil
+
+    from nas.errors import UserError
+
+    src, decisions = small_table
+    path = shutil.copy(src, tmp_path / "table.csv")
+    cfg = _cfg(path, decisions, evaluations=120)
+    run_search(cfg, out=tmp_path / "run", quiet=True, stop_after=1)
+    frame = pd.read_csv(path)
+    frame["latency@cpu-ort-1t"] *= 1.5
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match="holds networks scored with table_hash=.*not table_hash="):
+        run_search(cfg, out=tmp_path / "run", quiet=True)
+
+
 def test_checkpoint_from_before_a_new_setting_resumes(small_table, tmp_path):
     """A setting added later (here: dataset) counts as its default in an older checkpoint."""
     import json

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, refuse_changed_settings
 from ..io import read_json, write_json
 from ..objectives import (Constraint, Objective, minimisation_matrix, parse_constraint, parse_objectives,
                           total_violation)
@@ -384,7 +384,7 @@ def _loop(cfg, problem, islands, archive, generation, states, state_dir, elapsed
                 _migrate(islands, problem, k)
             states = [islands.call(i, "state_dict") for i in range(k)]
             if state_dir is not None:
-                _checkpoint(state_dir, cfg, archive, generation, states, elapsed + time.time() - t0)
+                _checkpoint(state_dir, cfg, problem, archive, generation, states, elapsed + time.time() - t0)
             bar.update(task, completed=len(archive))
     return generation
 
@@ -399,12 +399,13 @@ def _migrate(islands, problem: Problem, k: int, n: int = 4) -> None:
             islands.call(i, "immigrate", pop, values)
 
 
-def _checkpoint(state_dir: Path, cfg: SearchConfig, archive: Archive, generation: int, states: list,
-                elapsed: float) -> None:
+def _checkpoint(state_dir: Path, cfg: SearchConfig, problem: Problem, archive: Archive, generation: int,
+                states: list, elapsed: float) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     archive.save(state_dir / "evaluated.npz")  # append-only: a newer file than the checkpoint is truncated
     write_json(state_dir / "checkpoint.json", {
-        "toolkit_version": __version__, "config": cfg.to_json(), "generation": generation,
+        "toolkit_version": __version__, "config": cfg.to_json(), "scored_with": problem.evaluator.provenance(),
+        "generation": generation,
         "evaluated": len(archive), "metric_names": archive.metric_names, "elapsed_s": elapsed,
         "islands": states})
 
@@ -422,6 +423,10 @@ def _resume(state_dir: Path, cfg: SearchConfig, problem: Problem, metric_names: 
                         "repeat the original options to resume, or choose a new --out")
     if ck["metric_names"] != metric_names:
         raise UserError(state_dir.parent, "checkpoint metrics differ from this run's", "choose a new --out")
+    if "scored_with" in ck:  # same options, but a table or predictor file re-made since: old scores would mix in
+        refuse_changed_settings(state_dir.parent, "holds networks scored with", ck["scored_with"],
+                                problem.evaluator.provenance(),
+                                "restore those files to resume, or choose a new --out to search with these")
     archive = Archive.load(state_dir / "evaluated.npz", problem.space.D, metric_names, ck["evaluated"])
     return archive, int(ck["generation"]), ck["islands"], float(ck.get("elapsed_s", 0.0))
 
