@@ -24,12 +24,30 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
     """``path``, else ``./predictors/<space>/<dataset>.json``, else the shipped one."""
     if path:
         return Predictor.load(path, space)
-    for root in (Path("predictors"), shipped_dir("predictors")):
+    for root in _predictor_roots():
         p = root / space.name / f"{dataset}.json"
         if p.exists():
             return Predictor.load(p, space)
     raise UserError("accuracy", f"no predictor for space {space.name} and dataset {dataset}",
-                    "pass --predictor FILE, build one with nas pipeline, or use proxy_accuracy")
+                    predictor_hint(space.name))
+
+
+def _predictor_roots() -> tuple[Path, Path]:
+    return Path("predictors"), shipped_dir("predictors")
+
+
+def predictor_datasets(space_name: str) -> list[str]:
+    """The datasets that ``predictors/<space>/`` (local or shipped) holds a predictor for."""
+    return sorted({p.stem for root in _predictor_roots() for p in (root / space_name).glob("*.json")})
+
+
+def predictor_hint(space_name: str) -> str:
+    """How to get an accuracy term for this space: the predictors it has, or how to build one."""
+    have = predictor_datasets(space_name)
+    if have:
+        return f"this space has predictors for {', '.join(have)}: choose with --dataset, or pass --predictor FILE"
+    return (f"none exists for {space_name} yet: build one with nas pipeline --space {space_name} --data ..., "
+            "then pass --predictor FILE")
 
 
 class Evaluator:

@@ -73,7 +73,7 @@ def test_export_picks_from_a_run_of_a_space_of_your_own_anywhere(tmp_path, monke
     assert not (tmp_path / "none").exists()
 
 
-def test_search_dataset_picks_the_predictor_file(tmp_path, monkeypatch):
+def test_search_dataset_picks_the_predictor_file(tmp_path, monkeypatch, capsys):
     """--dataset D: predictors/<space>/D.json (./predictors first); none there: the MACs proxy, said so."""
     import shutil
 
@@ -87,3 +87,6 @@ def test_search_dataset_picks_the_predictor_file(tmp_path, monkeypatch):
     assert "accuracy" in found.pareto and found.run["config"]["dataset"] == "svhn"
     missing = api.search(dataset="imagenet", evaluations=100, out="b", quiet=True)
     assert "proxy_accuracy" in missing.pareto and "accuracy" not in missing.pareto
+    assert "this space has predictors for cifar10, svhn: choose with --dataset" in capsys.readouterr().out
+    api.search("mobilenetv3_imagenet", evaluations=50, out="c", quiet=True)  # none for that space: how to make one
+    assert "none exists for mobilenetv3_imagenet yet: build one with nas pipeline --space" in capsys.readouterr().out

@@ -436,7 +436,7 @@ def default_objectives(space: str, table: Optional[str], predictor: Optional[str
     """accuracy + latency on the shipped 1-thread table; the MACs proxy where no predictor exists."""
     if table:
         raise UserError("--objectives", "a tabular search needs its objective columns", "e.g. acc:max,lat_ms:min")
-    from ..evaluator import find_predictor
+    from ..evaluator import find_predictor, predictor_hint
     from ..space import SearchSpace
 
     sp = SearchSpace.load(space)
@@ -446,8 +446,8 @@ def default_objectives(space: str, table: Optional[str], predictor: Optional[str
     except UserError:
         if predictor:
             raise
-        print(f"note: no accuracy predictor predictors/{sp.name}/{dataset}.json (choose one with --dataset or "
-              f"--predictor); using proxy_accuracy (log MACs), not accuracy")
+        print(f"note: no accuracy predictor predictors/{sp.name}/{dataset}.json ({predictor_hint(sp.name)}); "
+              "using proxy_accuracy (log MACs), not accuracy")
         return ["proxy_accuracy", "latency@cpu-ort-1t"]
 
 
