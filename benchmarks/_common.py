@@ -31,6 +31,24 @@ def write_result(name: str, figures: dict) -> Path:
     return path
 
 
+def data_sha256(path) -> str | None:
+    """sha256 of an archive's raw ``x_train, y_train, x_test, y_test`` bytes (as ``../shared/data/README.md``
+    gives it: stable across re-saving, unlike the zip file), so that a result names exactly which images it
+    used; None for anything but such an archive."""
+    import hashlib
+
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix != ".npz" or not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with np.load(p) as d:
+        for k in ("x_train", "y_train", "x_test", "y_test"):
+            h.update(np.ascontiguousarray(d[k]).tobytes())
+    return h.hexdigest()
+
+
 def _perfect_ranking_tau(true_sd: float, noise_sd: float, n: int, draws: int, seed: int) -> dict:
     """Kendall tau between ``n`` true values (spread ``true_sd``) and the same plus measurement noise, over
     ``draws`` draws: what a perfect ranking reaches against a ground truth that noisy."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, replace
 
 import numpy as np
-from _common import ROOT, write_result
+from _common import ROOT, data_sha256, write_result
 
 from nas.blocks import build_model, count_params
 from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths,
@@ -137,7 +137,8 @@ def main() -> None:
     mp, single, shared = results["multipath"], results["single_domain"], results["shared"]
     vs_shared = paired_difference(mp["per_seed_mean_accuracy"], shared["per_seed_mean_accuracy"])
     figures = {
-        "domains": [asdict(s) for s in specs], "paths": dict(jobs["multipath"][1]), "controller_paths": paths,
+        "domains": [{**asdict(s), "data_sha256": data_sha256(s.data)} for s in specs],
+        "paths": dict(jobs["multipath"][1]), "controller_paths": paths,
         "shared_network_arch": biggest,
         "multipath": mp, "single_domain": single, "shared": shared,
         "prioritisation": {"rule": "lagging (softmax of 1 - running val acc, temperature 0.05, floor 0.2)",

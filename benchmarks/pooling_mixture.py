@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import ROOT, binomial_ceiling_tau, repeat_ceiling_tau, write_result
+from _common import ROOT, binomial_ceiling_tau, data_sha256, repeat_ceiling_tau, write_result
 from scipy.stats import kendalltau
 
 from nas.data import load_data
@@ -257,7 +257,9 @@ def main() -> None:
                "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
                "recipe": {"standalone_epochs": a.standalone_epochs, "standalone_seeds": truth["seeds"],
                           "mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
-                          "data": a.data, "subset": a.subset, "scoring": a.scoring},
+                          "data": a.data, "data_sha256": data_sha256(a.data), "subset": a.subset,
+                          "score_extra_sha256": data_sha256(a.score_extra) if a.score_extra else None,
+                          "scoring": a.scoring},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
                "standalone_accuracy": gt, "wall_time_s": wall,

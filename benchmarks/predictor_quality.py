@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, repeat_ceiling_tau, write_result
+from _common import ROOT, data_sha256, repeat_ceiling_tau, write_result
 from scipy.stats import kendalltau, spearmanr
 
 from nas import cost
@@ -291,6 +291,7 @@ def main() -> None:
     if len(draws) > 1:
         figures["draws"] = draw_figures(draws, predicted, accs, baselines_pred)
     figures["repeat_ceiling_tau"] = repeat_ceiling_tau(accs.tolist())
+    figures["data_sha256"] = data_sha256(a.data)
     figures["heldout_devices"] = dict(Counter(device_of(r) for r in heldout_recs))
     figures["sample_devices"] = dict(Counter(device_of(r) for r in sample_recs))
     check = device_check(out, recipe)

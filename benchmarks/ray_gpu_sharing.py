@@ -123,6 +123,7 @@ def main() -> None:
     shared = pipeline_run(a, a.workers)
     alone = pipeline_run(a, 0)
     figures = {"train_device": a.train_device, "workers": a.workers, "data": a.data,
+               "data_sha256": _common.data_sha256(a.data),
                "recipe": {"samples": a.samples, "distill_steps": a.steps, "teacher_epochs": a.teacher_epochs,
                           "finetune_epochs": a.finetune_epochs, "seed": a.seed},
                f"pipeline_workers_{a.workers}": shared, "pipeline_workers_0": alone,
