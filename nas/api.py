@@ -147,8 +147,8 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
     ``predictors/<space>/<dataset>.json`` (in ./predictors, else shipped)."""
     import pandas as pd
 
-    from .report import write_outputs
-    from .search.run import SearchConfig, default_objectives, default_out, run_search
+    from .report import check_measurable, write_outputs
+    from .search.run import SearchConfig, build_problem, default_objectives, default_out, run_search
 
     if isinstance(targets, str):
         try:
@@ -164,6 +164,8 @@ def search(space: str = "mobilenetv3_cifar", *, objectives: "str | Sequence[str]
                        tables_dir=tables_dir, predictor=predictor, placement_ranking=placement_ranking,
                        storage=storage, dataset=dataset)
     out = Path(out) if out else default_out(cfg)
+    if measure:
+        check_measurable(build_problem(cfg))
     res = run_search(cfg, out=out, workers=workers, ray_address=ray_address, quiet=quiet)
     run = write_outputs(res, out, measure=measure, quiet=quiet)
     return SearchRun(out, pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "evaluated.csv"), run, res)

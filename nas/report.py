@@ -118,6 +118,28 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_measurable(problem) -> None:
+    """``--measure`` can re-time this problem's front here: it has latency tables, and each was measured on
+    this machine (same CPU, backend version, threads, batch). Checked before a search, not after it."""
+    from .latency import engine
+    from .latency.backends import make_backend
+
+    if problem.tabular:
+        raise UserError("--measure", "a tabular space has no networks to measure", "drop --measure")
+    tables = problem.evaluator.tables
+    if not tables:
+        raise UserError("--measure", "no latency objective or constraint to re-measure", "add latency@<device>")
+    for device, table in tables.items():
+        fp = table.fingerprint
+        here = engine.fingerprint(device, fp["backend"], make_backend(fp["backend"], fp["threads"]).version,
+                                  fp["execution_provider"], fp["threads"], fp["batch"])
+        diff = engine.fingerprint_mismatch(fp, here)
+        if diff:
+            raise UserError("--measure", f"table {device} was measured elsewhere ({'; '.join(diff)})",
+                            "run --measure on the device the table describes, or profile this machine "
+                            "(nas profile --device <name>) and search with latency@<name>")
+
+
 def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) -> pd.DataFrame:
     """Re-measure the front end to end on this device (drift-compensated, same units as the table).
 
@@ -128,20 +150,10 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
     from .latency.profile import PartialResults, Protocol, Timer, network_items, table_reference
 
     problem = res.problem
-    if problem.tabular:
-        raise UserError("--measure", "a tabular space has no networks to measure", "drop --measure")
-    tables = problem.evaluator.tables
-    if not tables:
-        raise UserError("--measure", "no latency objective or constraint to re-measure", "add latency@<device>")
+    check_measurable(problem)
     pop = problem.space.encode_many(problem.space.parse_id(i) for i in pareto["arch_id"])
-    for device, table in tables.items():
+    for device, table in problem.evaluator.tables.items():
         fp = table.fingerprint
-        here = engine.fingerprint(device, fp["backend"], make_backend(fp["backend"], fp["threads"]).version,
-                                  fp["execution_provider"], fp["threads"], fp["batch"])
-        diff = engine.fingerprint_mismatch(fp, here)
-        if diff:
-            raise UserError("--measure", f"table {device} was measured elsewhere ({'; '.join(diff)})",
-                            "run --measure on the device the table describes")
         protocol = Protocol(**table.meta.get("protocol", {}))
         timer = Timer(problem.space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
                       reference=table_reference(table))

@@ -268,3 +268,20 @@ def test_another_controllers_option_is_an_error_not_ignored(small_table, kw, opt
     path, decisions = small_table
     with pytest.raises(UserError, match=f"{option}: only the"):
         run_search(_cfg(path, decisions, controller="evolution", evaluations=60, **kw), quiet=True)
+
+
+def test_measure_that_cannot_run_here_is_refused_before_the_search(tmp_path, monkeypatch, capsys):
+    """A table from another CPU (or no latency objective at all) cannot be re-measured: said before the
+    search runs, not after it, and nothing is written."""
+    from nas.latency import engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine, "cpu_model", lambda: "Some Other CPU")
+    assert main(["search", "--measure", "--evaluations", "100", "--out", "run", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "table cpu-ort-1t was measured elsewhere (cpu_model:" in err and "nas profile --device" in err
+    assert not (tmp_path / "run").exists()
+    assert main(["search", "--measure", "--objectives", "accuracy,macs", "--evaluations", "100", "--out", "run2",
+                 "--quiet"]) == 2
+    assert "no latency objective or constraint to re-measure" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
