@@ -175,7 +175,7 @@ def cmd_space(a: argparse.Namespace) -> int:
     import numpy as np
 
     from . import cost
-    from .api import load_space
+    from .api import load_space, space_info
 
     space = load_space(a.space)
     if a.sample:
@@ -184,10 +184,22 @@ def cmd_space(a: argparse.Namespace) -> int:
         for arch, m, p in zip(space.decode_many(pop), macs, params):
             print(f"{arch.id}  macs={m / 1e6:.2f}M  params={p / 1e6:.3f}M")
         return 0
-    print(f"{space.name}: {len(space.stages)} stages, {space.D} decisions, {space.cardinality:.3e} architectures")
-    for d in space.decisions:
-        print(f"  {d.name:14s} {list(d.choices)}")
-    print(f"  stage options (distinct blocks with their input shapes): {len(space.stage_options())}")
+    info = space_info(space, a.tables_dir)
+    print(f"{info['name']}: {info['stages']} stages, {len(info['decisions'])} decisions, "
+          f"{info['cardinality']:.3e} architectures")
+    for name, choices in info["decisions"]:
+        print(f"  {name:14s} {choices}")
+    print(f"  stage options (distinct blocks with their input shapes): {info['stage_options']}")
+    print("latency tables" + ("" if info["tables"] else f": none (nas profile --space {a.space} --device <name>)"))
+    for t in info["tables"]:
+        check = (f"; validated: Kendall tau {t['kendall_tau']:.3f}, {t['share_within_10pct']:.0%} within 10%"
+                 if t["kendall_tau"] is not None else "")
+        print(f"  {t['device']:14s} {t['cpu_model']}{' (this CPU)' if t['this_cpu'] else ''}, {t['backend']}, "
+              f"{t['threads']} thread(s), {t['entries']} entries, {t['date']}{check}")
+    print("accuracy predictors" + ("" if info["predictors"] else ": none (nas pipeline builds one)"))
+    for p in info["predictors"]:
+        cv = f", CV Kendall tau {p['cv_kendall_tau']:.3f}" if p["cv_kendall_tau"] is not None else ""
+        print(f"  {p['dataset']:14s} {p['model']} on {p['samples']} fine-tuned networks{cv} ({p['version']})")
     return 0
 
 
@@ -400,6 +412,7 @@ def _space_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("space", help="describe a search space or sample from it")
     sp.add_argument("space", nargs="?", default="mobilenetv3_cifar")
     sp.add_argument("--sample", type=int, default=0, metavar="N", help="print N random architectures")
+    sp.add_argument("--tables-dir", help="folder with <space>/<device>.csv tables (default: ./latency_tables, shipped)")
     _common_args(sp)
 
 

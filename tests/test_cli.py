@@ -78,6 +78,36 @@ def test_space_command_prints_summary(capsys):
     assert len(lines) == 2 and all("macs=" in line for line in lines)
 
 
+def test_space_command_lists_its_tables_and_predictors(tmp_path, monkeypatch, capsys):
+    """What a user on a new machine needs first: which tables exist for the space, measured on which CPU
+    (and whether it is this one), and which predictors."""
+    import shutil
+
+    from nas import api
+    from nas.latency import engine
+    from nas.resources import shipped_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine, "cpu_model", lambda: "AMD EPYC")
+    info = api.space_info("mobilenetv3_cifar")
+    assert [t["device"] for t in info["tables"]] == ["cpu-ort-1t", "cpu-ort-2t"]
+    assert all(t["this_cpu"] and t["entries"] > 4000 and t["kendall_tau"] > 0.9 for t in info["tables"])
+    assert [(p["dataset"], p["samples"]) for p in info["predictors"]] == [("cifar10", 280)]
+    monkeypatch.setattr(engine, "cpu_model", lambda: "Another CPU")
+    local = tmp_path / "latency_tables" / "mobilenetv3_cifar"  # ./latency_tables comes first, then shipped
+    local.mkdir(parents=True)
+    for f in ("cpu-ort-1t.csv", "cpu-ort-1t.json"):
+        shutil.copy(shipped_dir("latency_tables") / "mobilenetv3_cifar" / f, local / f.replace("cpu-", "mine-"))
+    assert main(["space"]) == 0
+    out = capsys.readouterr().out
+    assert "mine-ort-1t" in out and "cpu-ort-2t     AMD EPYC, onnxruntime" in out and "(this CPU)" not in out
+    assert "cifar10        ridge:" in out
+    assert main(["space", "mobilenetv3_imagenet", "--tables-dir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "latency tables: none (nas profile --space mobilenetv3_imagenet" in out
+    assert "accuracy predictors: none" in out
+
+
 def test_export_command_writes_all_files(tmp_path, capsys):
     from nas.space import SearchSpace
     import numpy as np
