@@ -177,14 +177,14 @@ def cmd_space(a: argparse.Namespace) -> int:
     from . import cost
     from .api import load_space, space_info
 
-    space = load_space(a.space)
     if a.sample:
+        space = load_space(a.space)
         pop = space.sample(np.random.default_rng(a.seed), a.sample)
         macs, params = cost.macs(space, pop), cost.params(space, pop)
         for arch, m, p in zip(space.decode_many(pop), macs, params):
             print(f"{arch.id}  macs={m / 1e6:.2f}M  params={p / 1e6:.3f}M")
         return 0
-    info = space_info(space, a.tables_dir)
+    info = space_info(a.space, tables_dir=a.tables_dir)
     print(f"{info['name']}: {info['stages']} stages, {len(info['decisions'])} decisions, "
           f"{info['cardinality']:.3e} architectures")
     for name, choices in info["decisions"]:

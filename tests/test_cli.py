@@ -160,7 +160,7 @@ class _Called(Exception):
     (["teacher"], "teacher"), (["distill"], "distill"), (["predictor", "sample"], "sample"),
     (["predictor", "fit"], "fit"), (["pipeline"], "pipeline"), (["adapt", "--net", "n"], "adapt"),
     (["multipath", "--domains", "cifar10"], "multipath"), (["supernet-mixture"], "supernet_mixture"),
-    (["export", "some-arch-id"], "export"),
+    (["export", "some-arch-id"], "export"), (["space"], "space_info"),
 ])
 def test_each_command_is_its_api_function_with_the_same_defaults(argv, fn, monkeypatch):
     """The CLI passes only names the API function takes, and an option left out means the API's default."""
