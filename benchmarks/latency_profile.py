@@ -15,11 +15,38 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 from _common import ROOT, write_result
 
 from nas.latency.profile import Protocol, agreement, describe, profile
 from nas.latency.table import LatencyTable
 from nas.space import SearchSpace
+
+
+def correction_alternatives(table: LatencyTable) -> dict:
+    """Other forms of the correction, fitted on the validation's fit networks and scored on its held-out
+    ones as the shipped one is: per-stage coefficients, a quadratic term, parameters, MACs."""
+    from nas import cost
+
+    sp = table.space
+    frame = pd.read_csv(Path(table.path).with_name(f"{table.device}.validation.csv"))
+    pop = sp.encode_many(sp.parse_id(i) for i in frame["arch_id"])
+    grids = table.stage_grids()
+    ctx, opt, head_ctx = sp.grid_index(pop)
+    stages = [g[ctx[:, s], opt[:, s]] for s, g in enumerate(grids)]
+    total, y = frame["table_sum_ms"].to_numpy(), frame["measured_ms"].to_numpy()
+    rest, one = total - np.sum(stages, axis=0), np.ones(len(y))
+    params, macs = cost.params(sp, pop) / 1e6, cost.macs(sp, pop) / 1e6
+    forms = {"a*sum+c": [total, one], "per_stage": [*stages, rest, one], "a*sum+d*sum^2+c": [total, total ** 2, one],
+             "a*sum+e*params+c": [total, params, one], "a*sum+e*macs+c": [total, macs, one],
+             "a*sum+e*params+m*macs+c": [total, params, macs, one]}
+    fit, held = (frame["split"] == "fit").to_numpy(), (frame["split"] == "heldout").to_numpy()
+    out = {}
+    for name, cols in forms.items():
+        X = np.stack(cols, axis=1)
+        coef, *_ = np.linalg.lstsq(X[fit], y[fit], rcond=None)
+        out[name] = agreement((X @ coef)[held], y[held])
+    return out
 
 
 def transfer(table: LatencyTable, other: LatencyTable) -> dict:
@@ -32,11 +59,19 @@ def transfer(table: LatencyTable, other: LatencyTable) -> dict:
     pred, meas = other.predict(pop), frame["measured_ms"].to_numpy()
     fit, held = (frame["split"] == "fit").to_numpy(), (frame["split"] == "heldout").to_numpy()
     scale = float(np.median(meas[fit] / pred[fit]))
-    own = agreement(frame["table_corrected_ms"].to_numpy()[held], meas[held])
-    return {"from_device": other.device, "from_cpu": other.fingerprint.get("cpu_model"),
-            "networks": int(held.sum()), **agreement(pred[held], meas[held]),
-            "scale_fitted_on_fit_networks": scale, "rescaled": agreement(scale * pred[held], meas[held]),
-            "own_table": own}
+    own_col = "table_corrected_ms" if table.meta["validation"]["uses_correction"] else "table_sum_ms"
+    figures = {"from_device": other.device, "from_cpu": other.fingerprint.get("cpu_model"),
+               "networks": int(held.sum()), **agreement(pred[held], meas[held]),
+               "scale_fitted_on_fit_networks": scale, "rescaled": agreement(scale * pred[held], meas[held]),
+               "own_table": agreement(frame[own_col].to_numpy()[held], meas[held])}
+    theirs = Path(other.path).with_name(f"{other.device}.validation.csv")
+    if theirs.exists():  # the same seeded validation networks timed on the other machine too
+        t = pd.read_csv(theirs).set_index("arch_id")
+        if set(frame["arch_id"]) <= set(t.index):
+            there = t.loc[frame["arch_id"], "measured_ms"].to_numpy()
+            figures["measured_here_vs_there_tau"] = float(kendalltau(meas[held], there[held]).statistic)
+            figures["here_over_there_time_ratio"] = float(np.median(meas[held] / there[held]))
+    return figures
 
 
 def main() -> None:
@@ -54,16 +89,22 @@ def main() -> None:
                                             "latency_tables/): how well it predicts this machine")
     a = ap.parse_args()
     space = SearchSpace.load(a.space)
+    protocol = Protocol(rounds=a.rounds, target_s=a.target_ms / 1e3, spread_tol=a.spread_tol)
+    table = profile(space, a.device, granularity=a.granularity, out_root=a.out_root, protocol=protocol, force=a.force)
     t0 = time.time()
-    table = profile(space, a.device, granularity=a.granularity, out_root=a.out_root,
-                    protocol=Protocol(rounds=a.rounds, target_s=a.target_ms / 1e3, spread_tol=a.spread_tol), validate=a.validate, force=a.force)
+    if a.validate:  # the table exists now: this call only validates it
+        table = profile(space, a.device, out_root=a.out_root, protocol=protocol, validate=a.validate)
     print(describe(table))
-    v = table.meta["validation"] or {}
+    v = table.meta.get("validation") or {}
     figures = {"space": a.space, "device": a.device, "granularity": table.granularity,
                "entries": int(table.meta["entries"]), "wall_time_s": table.meta["wall_time_s"],
-               "validation_wall_time_s": round(time.time() - t0 - table.meta["wall_time_s"], 1),
+               "validation_wall_time_s": round(time.time() - t0, 1) if a.validate else None,
                "validation": v, "correction": table.meta.get("correction"), "fingerprint": table.fingerprint}
+    if v:
+        figures["correction_alternatives"] = correction_alternatives(table)
     if a.transfer_from:
+        if not v:
+            raise SystemExit(f"error: {table.path}: not validated yet (give --validate N with --transfer-from)")
         figures["transfer"] = transfer(table, LatencyTable.load(ROOT / "latency_tables" / a.space /
                                                                 f"{a.transfer_from}.csv"))
         print("transfer:", figures["transfer"])

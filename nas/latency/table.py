@@ -152,6 +152,12 @@ class LatencyTable:
         _ = self.space
         return self._cost(pop)
 
+    def stage_grids(self) -> list[np.ndarray]:
+        """Per stage, the table's ms for each (input context, option): the terms ``predict_sum`` adds up
+        (besides stem and head)."""
+        _ = self.space
+        return self._cost.grids
+
     def predict(self, pop: np.ndarray, corrected: Optional[bool] = None) -> np.ndarray:
         """Predicted latency in ms, shape ``(n,)``; applies the correction when validation kept it."""
         total = self.predict_sum(pop)
