@@ -90,8 +90,10 @@ def test_space_command_lists_its_tables_and_predictors(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(engine, "cpu_model", lambda: "AMD EPYC")
     info = api.space_info("mobilenetv3_cifar")
-    assert [t["device"] for t in info["tables"]] == ["cpu-ort-1t", "cpu-ort-2t"]
-    assert all(t["this_cpu"] and t["entries"] > 4000 and t["kendall_tau"] > 0.9 for t in info["tables"])
+    tables = {t["device"]: t for t in info["tables"]}
+    assert {"cpu-ort-1t", "cpu-ort-2t", "xeon-ort-1t"} <= set(tables)
+    assert tables["cpu-ort-1t"]["this_cpu"] and not tables["xeon-ort-1t"]["this_cpu"]
+    assert all(t["entries"] > 4000 and t["kendall_tau"] > 0.8 for t in tables.values())
     assert [(p["dataset"], p["samples"]) for p in info["predictors"]] == [("cifar10", 280)]
     monkeypatch.setattr(engine, "cpu_model", lambda: "Another CPU")
     local = tmp_path / "latency_tables" / "mobilenetv3_cifar"  # ./latency_tables comes first, then shipped
