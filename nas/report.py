@@ -145,24 +145,14 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
 
     With a latency constraint, members whose *measured* latency breaks it are flagged and dropped.
     """
-    from .latency import engine
-    from .latency.backends import make_backend
-    from .latency.profile import PartialResults, Protocol, Timer, network_items, table_reference
+    from .latency.profile import measure_networks
 
     problem = res.problem
     check_measurable(problem)
-    pop = problem.space.encode_many(problem.space.parse_id(i) for i in pareto["arch_id"])
     for device, table in problem.evaluator.tables.items():
-        fp = table.fingerprint
-        protocol = Protocol(**table.meta.get("protocol", {}))
-        timer = Timer(problem.space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
-                      reference=table_reference(table))
         state = Path(res.out or ".") / "state" / f"measure_{device}.jsonl"
-        partial = PartialResults(state, {"fingerprint": fp, "protocol": table.meta.get("protocol")})
-        timer.measure(network_items(problem.space, pop, fp["batch"]), partial, f"measure front on {device}", quiet)
-        ref_ms = float(table.meta["reference"]["median_ms"])
-        pareto[f"measured_latency@{device}"] = [engine.summarise(partial.records[i], ref_ms)["median_ms"]
-                                                for i in pareto["arch_id"]]
+        pareto[f"measured_latency@{device}"] = measure_networks(table, list(pareto["arch_id"]), state,
+                                                                f"measure front on {device}", quiet)
         pareto[f"latency_error@{device}"] = pareto[f"latency@{device}"] / pareto[f"measured_latency@{device}"] - 1
     breaks = np.zeros(len(pareto), dtype=bool)
     for c in problem.constraints:

@@ -24,7 +24,7 @@ from ..io import read_json, write_bytes, write_csv, write_json, write_text
 from ..progress import progress_bar
 from ..space import SearchSpace, carried_space
 from . import engine
-from .backends import Backend, resolve_device
+from .backends import Backend, make_backend, resolve_device
 from .entries import GRANULARITIES, KEY_COLUMNS, Entry, entry_counts, enumerate_entries
 from .table import VALUE_COLUMNS, LatencyTable, apply_correction, fit_correction, meta_path, table_path
 
@@ -153,6 +153,22 @@ def network_items(space: SearchSpace, pop: np.ndarray, batch: int, prefix: str =
     f = space.frame
     shape = (batch, f.in_chans, f.input_size, f.input_size)
     return [Item(prefix + a.id, (lambda a=a: build_model(a)), shape) for a in space.decode_many(pop)]
+
+
+def measure_networks(table: LatencyTable, arch_ids: list[str], state: str | Path, desc: str = "measure networks",
+                     quiet: bool = True) -> np.ndarray:
+    """End-to-end ms of these networks (ids of ``table``'s space) on this machine, on ``table``'s scale: timed
+    with its protocol against its reference model. Resumable: every timing goes to ``state`` (a JSONL file)
+    as it is made. The caller checks that ``table`` was measured here."""
+    space, fp = table.space, table.fingerprint
+    protocol = Protocol(**table.meta.get("protocol", {}))
+    timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
+                  reference=table_reference(table))
+    partial = PartialResults(Path(state), {"fingerprint": fp, "protocol": table.meta.get("protocol")})
+    pop = space.encode_many(space.parse_id(i) for i in arch_ids)
+    timer.measure(network_items(space, pop, fp["batch"]), partial, desc, quiet)
+    ref_ms = float(table.meta["reference"]["median_ms"])
+    return np.array([engine.summarise(partial.records[i], ref_ms)["median_ms"] for i in arch_ids])
 
 
 # ---------------------------------------------------------------------- profile
