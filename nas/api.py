@@ -62,29 +62,41 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
     """``nas space``: the space's size, and the latency tables and accuracy predictors that exist for it (in
     ``tables_dir``, else ./latency_tables then shipped; ./predictors then shipped), each with what it was
     measured or fitted on; ``this_cpu`` says whether a table was measured on this machine's CPU."""
-    from .evaluator import find_predictor, predictor_datasets
+    from .evaluator import predictor_datasets, predictor_roots
     from .latency.engine import cpu_model
-    from .latency.table import LatencyTable, available_devices
+    from .latency.table import LatencyTable, available_devices, table_path
+    from .predictor.model import Predictor
     from .resources import shipped_dir
+
+    def problem(check) -> Optional[str]:
+        """Why a file cannot serve this space (e.g. the space was edited since), or None."""
+        try:
+            check()
+        except UserError as e:
+            return e.what
+        return None
 
     sp = load_space(space)
     roots = [Path(tables_dir)] if tables_dir else [Path("latency_tables"), shipped_dir("latency_tables")]
     tables = []
     for device in available_devices(sp.name, roots):
-        t = LatencyTable.find(sp, device, tables_dir)
+        path = next(p for p in (table_path(sp.name, device, r) for r in roots) if p.exists())
+        t = LatencyTable.load(path)
         fp, v = t.fingerprint, t.meta.get("validation") or {}
-        tables.append({"device": device, "path": str(t.path), "cpu_model": fp.get("cpu_model"),
+        tables.append({"device": device, "path": str(path), "cpu_model": fp.get("cpu_model"),
                        "backend": f"{fp.get('backend')} {fp.get('backend_version')}", "threads": fp.get("threads"),
                        "entries": len(t.rows), "date": str(t.meta.get("date", ""))[:10],
                        "kendall_tau": v.get("kendall_tau"), "share_within_10pct": v.get("share_within_10pct"),
-                       "this_cpu": fp.get("cpu_model") == cpu_model()})
+                       "this_cpu": fp.get("cpu_model") == cpu_model(), "problem": problem(lambda: t.check(sp))})
     predictors = []
     for dataset in predictor_datasets(sp.name):
-        pred = find_predictor(sp, None, dataset)
+        path = next(p for p in (r / sp.name / f"{dataset}.json" for r in predictor_roots()) if p.exists())
+        pred = Predictor.load(path)
         chosen = pred.meta.get("chosen")
-        predictors.append({"dataset": dataset, "path": str(pred.path), "version": pred.version, "model": chosen,
+        predictors.append({"dataset": dataset, "path": str(path), "version": pred.version, "model": chosen,
                            "samples": pred.meta.get("n_samples"),
-                           "cv_kendall_tau": (pred.meta.get("cv") or {}).get(chosen, {}).get("kendall_tau")})
+                           "cv_kendall_tau": (pred.meta.get("cv") or {}).get(chosen, {}).get("kendall_tau"),
+                           "problem": problem(lambda: Predictor.load(path, sp))})
     return {"name": sp.name, "stages": len(sp.stages), "decisions": [(d.name, list(d.choices)) for d in sp.decisions],
             "cardinality": sp.cardinality, "stage_options": len(sp.stage_options()), "tables": tables,
             "predictors": predictors}

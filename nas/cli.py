@@ -196,10 +196,15 @@ def cmd_space(a: argparse.Namespace) -> int:
                  if t["kendall_tau"] is not None else "")
         print(f"  {t['device']:14s} {t['cpu_model']}{' (this CPU)' if t['this_cpu'] else ''}, {t['backend']}, "
               f"{t['threads']} thread(s), {t['entries']} entries, {t['date']}{check}")
+        if t["problem"]:
+            print(f"  {'':14s} not usable as it is: {t['problem']} (nas profile --space {a.space} --device "
+                  f"{t['device']} times what it lacks)")
     print("accuracy predictors" + ("" if info["predictors"] else ": none (nas pipeline builds one)"))
     for p in info["predictors"]:
         cv = f", CV Kendall tau {p['cv_kendall_tau']:.3f}" if p["cv_kendall_tau"] is not None else ""
         print(f"  {p['dataset']:14s} {p['model']} on {p['samples']} fine-tuned networks{cv} ({p['version']})")
+        if p["problem"]:
+            print(f"  {'':14s} not usable as it is: {p['problem']}")
     return 0
 
 

@@ -24,7 +24,7 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
     """``path``, else ``./predictors/<space>/<dataset>.json``, else the shipped one."""
     if path:
         return Predictor.load(path, space)
-    for root in _predictor_roots():
+    for root in predictor_roots():
         p = root / space.name / f"{dataset}.json"
         if p.exists():
             return Predictor.load(p, space)
@@ -32,13 +32,13 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
                     predictor_hint(space.name))
 
 
-def _predictor_roots() -> tuple[Path, Path]:
+def predictor_roots() -> tuple[Path, Path]:
     return Path("predictors"), shipped_dir("predictors")
 
 
 def predictor_datasets(space_name: str) -> list[str]:
     """The datasets that ``predictors/<space>/`` (local or shipped) holds a predictor for."""
-    return sorted({p.stem for root in _predictor_roots() for p in (root / space_name).glob("*.json")})
+    return sorted({p.stem for root in predictor_roots() for p in (root / space_name).glob("*.json")})
 
 
 def predictor_hint(space_name: str) -> str:

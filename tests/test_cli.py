@@ -104,6 +104,15 @@ def test_space_command_lists_its_tables_and_predictors(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "mine-ort-1t" in out and "cpu-ort-2t     AMD EPYC, onnxruntime" in out and "(this CPU)" not in out
     assert "cifar10        ridge:" in out
+    import yaml
+
+    cfg = yaml.safe_load((shipped_dir("search_spaces") / "mobilenetv3_cifar.yaml").read_text())
+    cfg["defaults"]["kernel"] = [3, 5, 7, 9]  # edited: the table lacks the new entries, the predictor its options
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["space", "edited.yaml"]) == 0  # still described, with what does not fit said
+    out = capsys.readouterr().out
+    assert out.count("not usable as it is: space 'mobilenetv3_cifar' changed since") == 5  # 4 tables, 1 predictor
+    assert "times what it lacks" in out and "architectures" in out
     assert main(["space", "mobilenetv3_imagenet", "--tables-dir", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert "latency tables: none (nas profile --space mobilenetv3_imagenet" in out
