@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .errors import UserError, WeakPredictorWarning
+from .errors import UserError, WeakPredictorWarning, WeakTableWarning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,8 +117,16 @@ def profile(space: "str | SearchSpace", device: str, *, backend: Optional[str] =
     """``nas profile``: measure (or finish measuring) ``device``'s latency table for ``space`` on this machine."""
     from .latency import profile as P
 
-    return P.profile(load_space(space), device, backend, threads, batch, granularity, out_root,
-                     _protocol(rounds, chunk, target_ms, spread_tol, seed), validate, fit_networks, force, quiet)
+    return _warn_if_weak_table(P.profile(load_space(space), device, backend, threads, batch, granularity, out_root,
+                                         _protocol(rounds, chunk, target_ms, spread_tol, seed), validate,
+                                         fit_networks, force, quiet))
+
+
+def _warn_if_weak_table(table: "LatencyTable") -> "LatencyTable":
+    message = table.quality_warning()
+    if message:
+        warnings.warn(message, WeakTableWarning, stacklevel=3)
+    return table
 
 
 def export_bundle(space: "str | SearchSpace", device: str, bundle: str | Path, *, backend: Optional[str] = None,
@@ -146,7 +154,7 @@ def import_results(bundle: str | Path, *, space: "str | SearchSpace | None" = No
     bundle's device unless ``device`` names it otherwise."""
     from .latency import profile as P
 
-    return P.import_results(bundle, out_root, load_space(space) if space else None, device)
+    return _warn_if_weak_table(P.import_results(bundle, out_root, load_space(space) if space else None, device))
 
 
 def _run_space_and_pick(run: Path, arch_id: Optional[str], pick: list[str]) -> tuple["SearchSpace", str]:

@@ -29,7 +29,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from .latency.profile import describe
 
     if a.import_results:
-        print(describe(api.import_results(a.import_results, space=a.space, out_root=a.out_root, device=a.device)))
+        print(describe(_warned(api.import_results, a.import_results, space=a.space, out_root=a.out_root,
+                               device=a.device)))
         return 0
     if not a.space or not a.device:
         raise UserError("nas profile", "--space and --device are required", "e.g. --space mobilenetv3_cifar --device cpu-ort-1t")
@@ -41,7 +42,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         extends = f" (extends the {a.device} table: {ext['entries']} entries to time)" if ext else ""
         print(f"bundle written to {out}{extends}; on the device run: python {out}/run_bundle.py")
         return 0
-    print(describe(api.profile(**_kwargs(a, "import_results", "export_bundle"))))
+    print(describe(_warned(api.profile, **_kwargs(a, "import_results", "export_bundle"))))
     return 0
 
 
@@ -91,7 +92,7 @@ def cmd_predictor(a: argparse.Namespace) -> int:
         api.sample(**_kwargs(a, "action", "dataset", "predictor_out", "placement_ranking"))
         print(f"{a.samples} fine-tuned samples x {a.sample_seeds} seed(s) in {a.out}/samples.jsonl")
         return 0
-    pred = _fitted(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
+    pred = _warned(api.fit, **_kwargs(a, "action", "data", "workers", "ray_address", "subset", "train_device",
                                       "quiet"))
     tau = pred.cv_kendall_tau
     shown = f"{tau:.3f}" if tau == tau else "undefined"  # NaN when the predictions do not vary (see the warning)
@@ -108,26 +109,28 @@ def _how_to_search_with(pred, space: str) -> str:
             f"then nas search --space {space}{flag} finds it)")
 
 
-def _fitted(fit: Callable, **kwargs):
-    """``fit(**kwargs)`` with its WeakPredictorWarning printed as the CLI's one ``warning:`` line."""
+def _warned(make: Callable, *args, **kwargs):
+    """``make(...)``, a predictor or a latency table, with its quality warning (WeakPredictorWarning,
+    WeakTableWarning) printed as the CLI's one ``warning:`` line."""
     import warnings
 
-    from .errors import WeakPredictorWarning
+    from .errors import WeakPredictorWarning, WeakTableWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", WeakPredictorWarning)
-        pred = fit(**kwargs)
-    message = pred.quality_warning()
+        warnings.simplefilter("ignore", WeakTableWarning)
+        made = make(*args, **kwargs)
+    message = made.quality_warning()
     if message:
         print(f"warning: {message}", file=sys.stderr)
-    return pred
+    return made
 
 
 @command("pipeline")
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from . import api
 
-    pred = _fitted(api.pipeline, **_kwargs(a))
+    pred = _warned(api.pipeline, **_kwargs(a))
     print(f"predictor {pred.meta['chosen']} -> {pred.path}{_how_to_search_with(pred, a.space)}")
     return 0
 

@@ -36,3 +36,8 @@ def refuse_changed_settings(path, made_with: str, theirs: dict, ours: dict, fix)
     if keys:
         raise UserError(path, f"{made_with} {', '.join(f'{k}={theirs.get(k)}' for k in keys)}, not "
                         f"{', '.join(f'{k}={ours.get(k)}' for k in keys)}", fix(keys) if callable(fix) else fix)
+
+
+class WeakTableWarning(UserWarning):
+    """A latency table's validation falls short of the project's goals on its held-out networks; the message says
+    by how much and what to try."""

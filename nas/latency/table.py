@@ -152,6 +152,19 @@ class LatencyTable:
         _ = self.space
         return self._cost(pop)
 
+    def quality_warning(self, min_tau: float = 0.9, min_within: float = 0.95) -> Optional[str]:
+        """A sentence when the validation falls short of the goals (τ >= 0.9, 95% within ±10%), else None."""
+        v = self.meta.get("validation") or {}
+        if not v or (v["kendall_tau"] >= min_tau and v["share_within_10pct"] >= min_within):
+            return None
+        readme = "on this device the stage timings do not add up (README, Latency tables)"
+        cause = (f"this machine's own timings varied (noise floor {v['noise_floor']:.0%}): validate again on an idle "
+                 f"machine (nas profile ... --validate {v['networks'] + v.get('fit_networks', 0)}); if it stays "
+                 f"short, {readme}" if v["noise_floor"] < min_within else f"whole networks time steadily, so {readme}")
+        return (f"table {self.device} predicts whole networks loosely: Kendall tau {v['kendall_tau']:.3f}, "
+                f"{v['share_within_10pct']:.0%} within 10% on {v['networks']} held-out networks (goals "
+                f"{min_tau}, {min_within:.0%}); {cause}")
+
     def stage_grids(self) -> list[np.ndarray]:
         """Per stage, the table's ms for each (input context, option): the terms ``predict_sum`` adds up
         (besides stem and head)."""
