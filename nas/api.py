@@ -9,7 +9,8 @@ same defaults, same files written. The command line only parses arguments, calls
     predictor = api.pipeline("cifar10.npz", "runs/predictor", workers=2)
 
 Mistakes raise :class:`nas.UserError` (one line: what, where, and the fix); a fitted predictor that barely
-ranks comes with a :class:`nas.errors.WeakPredictorWarning`. Heavy libraries (torch, Ray) are
+ranks comes with a :class:`nas.errors.WeakPredictorWarning`, a latency table that misses its validation goals
+with a :class:`nas.errors.WeakTableWarning`. Heavy libraries (torch, Ray) are
 imported by the functions that need them, so ``import nas.api`` is quick.
 """
 from __future__ import annotations
