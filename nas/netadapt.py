@@ -25,7 +25,7 @@ from .data import dataset_name
 from .errors import UserError, refuse_changed_settings
 from .io import atomic_path, read_json, write_csv, write_json
 from .latency import LatencyTable
-from .space import Arch, SearchSpace, StageChoice
+from .space import STAGE_DECISIONS, Arch, SearchSpace, StageChoice
 from .train import TrainConfig, evaluate, train_model
 
 DIMENSIONS = ("expansion", "width", "depth", "kernel")
@@ -47,6 +47,11 @@ class AdaptConfig:
 
 
 # ---------------------------------------------------------------------- proposals
+def _position(stage: int, dim: str) -> int:
+    """Where stage ``stage``'s decision ``dim`` sits in an integer-encoded architecture."""
+    return len(STAGE_DECISIONS) * stage + STAGE_DECISIONS.index(dim)
+
+
 def _smaller(values: tuple, current) -> list:
     """Choices below ``current``, largest first."""
     return sorted([v for v in values if v < current], reverse=True)
@@ -66,7 +71,7 @@ def propose(space: SearchSpace, arch: Arch, table: LatencyTable, target: float) 
             cands = []
             for v in options:
                 w = vec.copy()
-                w[6 * s + {"depth": 0, "kernel": 1, "expansion": 2, "width": 3}[dim]] = st.choices(dim).index(v)
+                w[_position(s, dim)] = st.choices(dim).index(v)
                 cands.append((v, w, float(table.predict(w[None])[0])))
             meeting = [c for c in cands if c[2] <= target]
             v, w, lat = meeting[0] if meeting else cands[-1]
@@ -258,10 +263,10 @@ def _smallest_reachable(space: SearchSpace, arch: Arch) -> np.ndarray:
     vec = space.encode(arch)
     for s, st in enumerate(space.stages):
         sc = arch.stages[s]
-        for k, dim in ((0, "depth"), (1, "kernel"), (2, "expansion"), (3, "width")):
+        for dim in DIMENSIONS:
             cur = sc.width if dim == "width" else getattr(sc, dim)
             vals = [v for v in st.choices(dim) if v <= cur]
-            vec[6 * s + k] = st.choices(dim).index(min(vals))
+            vec[_position(s, dim)] = st.choices(dim).index(min(vals))
     return vec
 
 
