@@ -58,7 +58,7 @@ def main() -> None:
             rows.append({"budget_ms": b, "here_table": best_under(fronts["here"], f"latency@{a.here}", b),
                          "there_table": best_under(fronts["there"], f"latency@{a.there}", b / ratio)})
         ids = sorted({r[k]["arch_id"] for r in rows for k in ("here_table", "there_table") if r[k]})
-        measured = dict(zip(ids, measure_networks(here, ids, Path(tmp) / "measure.jsonl",
+        measured = dict(zip(ids, measure_networks(here, [space.parse_id(i) for i in ids], Path(tmp) / "m.jsonl",
                                                   "measure picks here", quiet=False)))
     for r in rows:
         for k in ("here_table", "there_table"):

@@ -19,7 +19,8 @@ from _common import ROOT, write_result
 from nas.data import load_data
 from nas.export import load_network
 from nas.latency import LatencyTable
-from nas.netadapt import AdaptConfig, adapt, measure_networks, shrink_weights
+from nas.latency.profile import measure_networks
+from nas.netadapt import AdaptConfig, adapt, shrink_weights
 from nas.predictor.sample import build_from_blocks
 from nas.predictor.teacher import load_teacher
 from nas.search.run import SearchConfig, run_search
@@ -57,7 +58,7 @@ def main() -> None:
     adapt_wall = time.time() - t0
     ad_arch, adapted = load_network(Path(a.out) / "adapted")
     adapted_acc = evaluate(adapted, data.test)
-    lat_teacher, lat_adapted = measure_networks(space, table, [t_arch, ad_arch])
+    lat_teacher, lat_adapted = measure_networks(table, [t_arch, ad_arch])
 
     # the fine-tuning budget NetAdapt spent on its chosen path
     steps_per_epoch = len(data.train)
@@ -66,7 +67,7 @@ def main() -> None:
 
     # (a) uniform width scaling at the same measured latency, initialised from the teacher the same way
     cands = [uniform_scaled(t_arch, m) for m in np.arange(0.30, 1.001, 0.05)]
-    lats = measure_networks(space, table, cands)
+    lats = measure_networks(table, cands)
     fits = [(c, l) for c, l in zip(cands, lats) if l <= lat_adapted * 1.02]
     uni_arch, uni_lat = max(fits, key=lambda cl: cl[1]) if fits else (cands[0], lats[0])
     uni = shrink_weights(teacher, t_arch, uni_arch)
@@ -81,7 +82,7 @@ def main() -> None:
     idx = np.flatnonzero(front & (vals["latency@cpu-ort-1t"] <= lat_adapted))
     best = idx[np.argmax(vals["accuracy"][idx])]
     p_arch = space.decode(res.archive.pop[best])
-    (p_lat,) = measure_networks(space, table, [p_arch])
+    (p_lat,) = measure_networks(table, [p_arch])
     t_arch2, t_model = load_teacher(Path(a.pipeline) / "teacher")
     recal = [x for i, (x, _) in zip(range(2), data.train)]
     pnet = build_from_blocks(space, p_arch, t_arch2, t_model, Path(a.pipeline) / "blocks", recal)

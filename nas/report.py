@@ -151,8 +151,9 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
     check_measurable(problem)
     for device, table in problem.evaluator.tables.items():
         state = Path(res.out or ".") / "state" / f"measure_{device}.jsonl"
-        pareto[f"measured_latency@{device}"] = measure_networks(table, list(pareto["arch_id"]), state,
-                                                                f"measure front on {device}", quiet)
+        archs = [problem.space.parse_id(i) for i in pareto["arch_id"]]
+        pareto[f"measured_latency@{device}"] = measure_networks(table, archs, state, f"measure front on {device}",
+                                                                quiet)
         pareto[f"latency_error@{device}"] = pareto[f"latency@{device}"] / pareto[f"measured_latency@{device}"] - 1
     breaks = np.zeros(len(pareto), dtype=bool)
     for c in problem.constraints:

@@ -22,7 +22,7 @@ from ..blocks import build_model
 from ..errors import UserError
 from ..io import read_json, write_bytes, write_csv, write_json, write_text
 from ..progress import progress_bar
-from ..space import SearchSpace, carried_space
+from ..space import Arch, SearchSpace, carried_space
 from . import engine
 from .backends import Backend, make_backend, resolve_device
 from .entries import GRANULARITIES, KEY_COLUMNS, Entry, entry_counts, enumerate_entries
@@ -155,20 +155,28 @@ def network_items(space: SearchSpace, pop: np.ndarray, batch: int, prefix: str =
     return [Item(prefix + a.id, (lambda a=a: build_model(a)), shape) for a in space.decode_many(pop)]
 
 
-def measure_networks(table: LatencyTable, arch_ids: list[str], state: str | Path, desc: str = "measure networks",
-                     quiet: bool = True) -> np.ndarray:
-    """End-to-end ms of these networks (ids of ``table``'s space) on this machine, on ``table``'s scale: timed
-    with its protocol against its reference model. Resumable: every timing goes to ``state`` (a JSONL file)
-    as it is made. The caller checks that ``table`` was measured here."""
+def measure_networks(table: LatencyTable, archs: list[Arch], state: str | Path | None = None,
+                     desc: str = "measure networks", quiet: bool = True) -> np.ndarray:
+    """End-to-end ms of these networks (of ``table``'s frame, in its space or not) on this machine, on
+    ``table``'s scale: timed with its protocol against its reference model. With ``state`` (a JSONL file) every
+    timing is kept as it is made, so an interrupted call resumes. The caller checks that ``table`` was
+    measured here."""
+    import tempfile
+    from contextlib import ExitStack
+
     space, fp = table.space, table.fingerprint
     protocol = Protocol(**table.meta.get("protocol", {}))
     timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
                   reference=table_reference(table))
-    partial = PartialResults(Path(state), {"fingerprint": fp, "protocol": table.meta.get("protocol")})
-    pop = space.encode_many(space.parse_id(i) for i in arch_ids)
-    timer.measure(network_items(space, pop, fp["batch"]), partial, desc, quiet)
-    ref_ms = float(table.meta["reference"]["median_ms"])
-    return np.array([engine.summarise(partial.records[i], ref_ms)["median_ms"] for i in arch_ids])
+    f = space.frame
+    shape = (fp["batch"], f.in_chans, f.input_size, f.input_size)
+    items = [Item(a.id, (lambda a=a: build_model(a)), shape) for a in dict.fromkeys(archs)]
+    with ExitStack() as stack:
+        path = Path(state) if state else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "m.jsonl"
+        partial = PartialResults(path, {"fingerprint": fp, "protocol": table.meta.get("protocol")})
+        timer.measure(items, partial, desc, quiet)
+        ref_ms = float(table.meta["reference"]["median_ms"])
+        return np.array([engine.summarise(partial.records[a.id], ref_ms)["median_ms"] for a in archs])
 
 
 # ---------------------------------------------------------------------- profile
