@@ -9,6 +9,7 @@ on Ray. The best proposal is kept and checkpointed; at the budget, a longer fine
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,13 +199,18 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
                                  **{k: v for k, v in data_now.items() if k in data_was}},
                                 "give the same --net, --table, --data and settings to continue it, "
                                 "or use another --out")
-        arch, model = load_network(out / "current")
+        current = out / state.get("current", "current")  # states from before name no folder: "current"
+        arch, model = load_network(current)
+        for stale in (out / "networks").glob("iteration*"):  # written by a run killed before its state was
+            if stale != current:
+                shutil.rmtree(stale, ignore_errors=True)
     else:
         model = model.cpu()
         out.mkdir(parents=True, exist_ok=True)
-        save_network(arch, model, out / "current", onnx=False)
+        current = _network_dir(out, 0)
+        save_network(arch, model, current, onnx=False)
         state = {"iteration": 0, "initial_ms": lat0, "budget_ms": budget, "config": asdict(cfg), **data_now,
-                 "trajectory": []}
+                 "current": str(current.relative_to(out)), "trajectory": []}
         state["trajectory"].append(_trajectory_row(space, table, 0, arch, None, model, data_path, subset, measure,
                                                    device))
         write_json(state_path, state)
@@ -218,8 +224,7 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         step = lat0 * cfg.initial_step * cfg.step_decay ** i
         target = max(budget, current_ms - step)
         props = propose(space, arch, table, target)
-        results = _run_proposals(space, out / "current", props, data_path, cfg, workers, ray_address, subset, i,
-                                 device)
+        results = _run_proposals(space, current, props, data_path, cfg, workers, ray_address, subset, i, device)
         for p, r in zip(props, results):
             p.update(r)
         best = _choose(props, current_ms, state["trajectory"][-1]["accuracy"], cfg.select)
@@ -230,14 +235,18 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
         train_model(model, data.train, TrainConfig(max_steps=cfg.short_steps, lr=cfg.short_lr, warmup_epochs=0.0,
                                                    seed=cfg.seed * 1000 + i), device=device)
         model = model.cpu()
-        arch = new_arch
-        save_network(arch, model, out / "current", onnx=False)
+        arch, previous = new_arch, current
+        # the new network goes to a folder of its own; only the state file, written last, makes it current, so
+        # a kill at any moment leaves the state and its network consistent
+        current = _network_dir(out, i + 1)
+        save_network(arch, model, current, onnx=False)
         current_ms = float(table.predict(space.encode(arch)[None])[0])
-        state["iteration"] = i + 1
         row = _trajectory_row(space, table, i + 1, arch, best, model, data_path, subset, measure, device)
         row["proposals"] = len(props)
         state["trajectory"].append(row)
+        state.update(iteration=i + 1, current=str(current.relative_to(out)))
         write_json(state_path, state)
+        shutil.rmtree(previous, ignore_errors=True)
         if not quiet:
             print(f"iteration {i + 1}: {best['stage'] + 1}.{best['dimension']} -> {best['value']}, "
                   f"table {current_ms:.4f} ms (target {target:.4f}), val top-1 {row['accuracy']:.4f}")
@@ -257,6 +266,11 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
     write_csv(out / "trajectory.csv", frame)
     plot_trajectory(frame, out / "trajectory.png")
     return state
+
+
+def _network_dir(out: Path, iteration: int) -> Path:
+    """Where the network accepted at ``iteration`` (0: the one given) is kept while it is the current one."""
+    return out / "networks" / f"iteration{iteration:03d}"
 
 
 def _smallest_reachable(space: SearchSpace, arch: Arch) -> np.ndarray:
@@ -308,33 +322,10 @@ def _trajectory_row(space, table, iteration, arch, proposal, model, data_path, s
         row.update({"stage": proposal["stage"] + 1, "dimension": proposal["dimension"], "value": proposal["value"],
                     "proposal_short_finetune_top1": proposal["val_top1"]})
     if measure:
-        row["measured_ms"] = measure_network(space, table, arch)
+        from .latency.profile import measure_networks
+
+        row["measured_ms"] = float(measure_networks(table, [arch])[0])
     return row
-
-
-def measure_network(space: SearchSpace, table: LatencyTable, arch: Arch) -> float:
-    """End-to-end latency of one network (in the space or not) on this machine, in the table's units."""
-    return measure_networks(space, table, [arch])[0]
-
-
-def measure_networks(space: SearchSpace, table: LatencyTable, archs: list[Arch]) -> list[float]:
-    import tempfile
-
-    from .latency import engine
-    from .latency.backends import make_backend
-    from .latency.profile import Item, PartialResults, Protocol, Timer, table_reference
-
-    fp = table.fingerprint
-    timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], Protocol(rounds=7),
-                  reference=table_reference(table))
-    f = space.frame
-    shape = (fp["batch"], f.in_chans, f.input_size, f.input_size)
-    items = [Item(a.id, (lambda a=a: build_model(a)), shape) for a in dict.fromkeys(archs)]
-    with tempfile.TemporaryDirectory() as tmp:
-        partial = PartialResults(Path(tmp) / "m.jsonl", {"fingerprint": fp, "protocol": {}})
-        timer.measure(items, partial, "measure", True)
-        ref = float(table.meta["reference"]["median_ms"])
-        return [engine.summarise(partial.records[a.id], ref)["median_ms"] for a in archs]
 
 
 def plot_trajectory(frame: pd.DataFrame, path: Path) -> None:

@@ -100,3 +100,40 @@ def test_impossible_budget_is_a_clear_error(mini_space, mini_table, synthetic_np
     with pytest.raises(UserError, match="no budget"):
         adapt(mini_space, build_model(a), a, mini_table, synthetic_npz, tmp_path / "x", AdaptConfig(),
               measure=False, quiet=True)
+
+
+def test_adaptation_killed_between_saving_a_network_and_its_state_resumes_exactly(mini_space, mini_table,
+                                                                                   synthetic_npz, tmp_path,
+                                                                                   monkeypatch):
+    """The state file is the commit point: a kill after an iteration's network is saved but before the state
+    names it redoes that iteration from the previous network, and ends as an uninterrupted run."""
+    import nas.netadapt as na
+    from nas.export import load_network
+
+    a = _largest(mini_space)
+    cfg = AdaptConfig(budget_ratio=0.8, initial_step=0.1, short_steps=2, long_epochs=0.05, max_iterations=2)
+
+    def run(out):
+        torch.manual_seed(0)
+        return adapt(mini_space, build_model(a), a, mini_table, synthetic_npz, out, cfg, measure=False, quiet=True)
+
+    full = run(tmp_path / "full")
+    real_write, calls = na.write_json, []
+
+    def killed_at_second_state_write(path, obj):
+        calls.append(path)
+        if len(calls) == 2:  # iteration 1's network is on disk, its state not yet
+            raise KeyboardInterrupt
+        real_write(path, obj)
+
+    monkeypatch.setattr(na, "write_json", killed_at_second_state_write)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed")
+    assert (tmp_path / "killed" / "networks" / "iteration001").exists()  # saved, but not current
+    monkeypatch.setattr(na, "write_json", real_write)
+    resumed = run(tmp_path / "killed")
+    strip = lambda t: [(r["iteration"], r["arch_id"], r["accuracy"]) for r in t]  # noqa: E731
+    assert strip(resumed["trajectory"]) == strip(full["trajectory"]) and resumed["iteration"] == 2
+    (_, m1), (_, m2) = load_network(tmp_path / "full" / "adapted"), load_network(tmp_path / "killed" / "adapted")
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+    assert [d.name for d in (tmp_path / "killed" / "networks").iterdir()] == ["iteration002"]
