@@ -28,6 +28,7 @@ so lagging domains get more steps but no domain ever drops below ``floor / K``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -672,18 +673,36 @@ def _safe(key: str) -> str:
 
 
 def train_joint(model: nn.Module, data: dict[str, Any], epochs: float, lr: float, seed: int,
-                domain_arg: bool = True) -> dict[str, Any]:
-    """Alternate one batch per domain; the same number of steps per domain for every compared model."""
+                domain_arg: bool = True, checkpoint: Optional[str | Path] = None,
+                settings: Optional[dict[str, Any]] = None, checkpoint_every: int = 200) -> dict[str, Any]:
+    """Alternate one batch per domain; the same number of steps per domain for every compared model.
+
+    With ``checkpoint`` the state (model, optimizer, step, data positions, RNG) is saved there every
+    ``checkpoint_every`` steps and at the end: a later call continues where it stopped and ends as an
+    uninterrupted one, or, finished, returns at once. It continues only with the same ``settings``."""
     torch.manual_seed(seed)
     from .train import lr_at, param_groups
 
     domains = list(data)
     steps = int(epochs * min(len(data[d].train) for d in domains))
     opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
+    settings = {**(settings or {}), "epochs": epochs, "lr": lr, "seed": seed, "steps": steps}
+    start, seconds = 0, 0.0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        st = read_torch(ckpt, "retraining checkpoint")
+        refuse_changed_settings(ckpt, "this retraining ran with", st["settings"], settings,
+                                "give the same settings to continue it, or use another --out")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        for d in domains:
+            data[d].train.load_state_dict(st["loaders"][d])
+        torch.set_rng_state(st["torch_rng"])
+        start, seconds = int(st["step"]), float(st["seconds"])
     iters = {d: _cycle(data[d].train) for d in domains}
     model.train()
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         for d in domains:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, steps // 20, lr)
@@ -693,7 +712,12 @@ def train_joint(model: nn.Module, data: dict[str, Any], epochs: float, lr: float
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return {"steps_per_domain": steps, "seconds": time.time() - t0}
+        if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            write_torch(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                               "seconds": seconds + time.time() - t0, "settings": settings,
+                               "loaders": {d: data[d].train.state_dict() for d in domains},
+                               "torch_rng": torch.get_rng_state()})
+    return {"steps_per_domain": steps, "seconds": seconds + time.time() - t0}
 
 
 @torch.no_grad()
@@ -730,7 +754,12 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
     joint = JointModel(space, paths, classes)
     if init == "supernet":
         joint.load_from_supernet(found["net"])
-    retrain = train_joint(joint.to(device), data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+    # one checkpoint per retraining recipe: another --retrain-epochs in the same folder starts its own
+    recipe = {"paths": {d: a.id for d, a in paths.items()}, "init": init, "epochs": cfg.retrain_epochs,
+              "lr": cfg.retrain_lr, "seed": cfg.seed}
+    tag = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    retrain = train_joint(joint.to(device), data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed,
+                          checkpoint=out / f"retrain-{tag}.ckpt", settings=recipe)
     acc = evaluate_joint(joint, data)
     joint.cpu()
     with atomic_path(out / "joint.safetensors", suffix=".safetensors") as tmp:

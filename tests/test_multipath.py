@@ -313,3 +313,44 @@ def test_multipath_runs_with_an_imagefolder_domain(mini_space, synthetic_npz, tm
     res = run_multipath(mini_space, specs, tmp_path / "run", cfg, quiet=True)
     assert set(res["paths"]) == {"blobs", "tree"} and 0.0 <= res["accuracy"]["tree"] <= 1.0
     assert sorted(p.name for p in (tmp_path / "run").glob("*.onnx")) == ["blobs.onnx", "tree.onnx"]
+
+
+def test_interrupted_joint_retraining_resumes_exactly(mini_space, synthetic_npz, second_npz, tmp_path):
+    """The joint model's retraining checkpoints: killed midway it continues to the uninterrupted result, finished
+    it is reused, and other settings are refused."""
+    from nas.multipath import train_joint
+
+    specs = [DomainSpec("blobs", str(synthetic_npz)), DomainSpec("stripes", str(second_npz))]
+    vec = mini_space.sample(np.random.default_rng(4), 2)
+    paths = {"blobs": mini_space.decode(vec[0]), "stripes": mini_space.decode(vec[1])}
+    settings = {"paths": {d: a.id for d, a in paths.items()}}
+
+    def fresh():
+        torch.manual_seed(0)
+        return JointModel(mini_space, paths, {"blobs": 10, "stripes": 10}), load_domains(specs, mini_space, 32, 0)
+
+    model, data = fresh()
+    full = train_joint(model, data, 1.0, 0.05, 0, checkpoint=tmp_path / "a.ckpt", settings=settings,
+                       checkpoint_every=4)
+    assert full["steps_per_domain"] > 10
+    killed, data = fresh()
+    real, calls = data["stripes"].train._batch, [0]
+
+    def dies_at_the_eleventh_batch(order, i):
+        calls[0] += 1
+        if calls[0] == 11:
+            raise KeyboardInterrupt
+        return real(order, i)
+
+    data["stripes"].train._batch = dies_at_the_eleventh_batch
+    with pytest.raises(KeyboardInterrupt):
+        train_joint(killed, data, 1.0, 0.05, 0, checkpoint=tmp_path / "b.ckpt", settings=settings, checkpoint_every=4)
+    resumed, data = fresh()
+    train_joint(resumed, data, 1.0, 0.05, 0, checkpoint=tmp_path / "b.ckpt", settings=settings, checkpoint_every=4)
+    for (k, v), w in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+    again, data = fresh()  # finished: nothing is trained again
+    assert train_joint(again, data, 1.0, 0.05, 0, checkpoint=tmp_path / "b.ckpt", settings=settings)["seconds"] > 0
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="lr=0.05.*not lr=0.1"):
+        train_joint(*fresh(), 1.0, 0.1, 0, checkpoint=tmp_path / "b.ckpt", settings=settings)
