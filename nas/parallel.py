@@ -20,19 +20,36 @@ def ray_session(workers: int, address: Optional[str] = None) -> Iterator[None]:
         kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         try:
             if address:
-                ray.init(address=address, **kwargs)
+                # a cluster's workers start in their own folders (a `ray start` in / gives them /): make them
+                # work in this folder, so that the relative paths tasks get (--out, --data) mean the same there
+                runtime_env = {"env_vars": {DRIVER_CWD: os.getcwd()},
+                               "worker_process_setup_hook": "nas.parallel.enter_driver_cwd"}
+                ray.init(address=address, runtime_env=runtime_env, **kwargs)
             else:
                 ray.init(num_cpus=max(1, workers), **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"--ray-address {address}" if address else "--workers"
-            raise UserError(where, f"cannot start or reach Ray: {str(e).splitlines()[0]}",
-                            "check the address, or use --workers 0 to run in-process") from None
+            fix = ("check the address; a cluster with Ray's token authentication also needs its token here "
+                   "(RAY_AUTH_TOKEN or ~/.ray/auth_token); or use --workers 0 to run in-process") if address else \
+                "use --workers 0 to run in-process"
+            raise UserError(where, f"cannot start or reach Ray: {str(e).splitlines()[0]}", fix) from None
         started = True
     try:
         yield
     finally:
         if started:
             ray.shutdown()
+
+
+DRIVER_CWD = "HWNAS_DRIVER_CWD"
+
+
+def enter_driver_cwd() -> None:
+    """Ray worker set-up on a joined cluster: work in the driver's folder, where this node has it (a shared
+    file system mounted at the same path); elsewhere stay put, and a missing file is reported by path."""
+    folder = os.environ.get(DRIVER_CWD)
+    if folder and os.path.isdir(folder):
+        os.chdir(folder)
 
 
 def training_task_options(device: str, workers: int) -> dict[str, float]:
