@@ -185,7 +185,7 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
     lat0 = float(table.predict(space.encode(arch)[None])[0])
     budget = budget_from(cfg, lat0)
     smallest = float(table.predict(_smallest_reachable(space, arch)[None])[0])
-    if budget < smallest:
+    if budget < min(smallest, lat0):  # a budget the network already meets needs no shrink at all
         raise UserError("--budget-ms", f"{budget:.4f} ms is below the smallest shrink of this network "
                         f"({smallest:.4f} ms by the table)", "raise the budget")
     data_now = {"dataset": dataset_name(data_path), "subset": subset}

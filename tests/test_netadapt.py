@@ -137,3 +137,27 @@ def test_adaptation_killed_between_saving_a_network_and_its_state_resumes_exactl
     (_, m1), (_, m2) = load_network(tmp_path / "full" / "adapted"), load_network(tmp_path / "killed" / "adapted")
     assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
     assert [d.name for d in (tmp_path / "killed" / "networks").iterdir()] == ["iteration002"]
+
+
+def test_a_met_budget_is_never_an_impossible_one(mini_space, synthetic_npz, tmp_path):
+    """A noisy table may time the smallest shrink slower than the network itself: a budget the network already
+    meets still returns it unchanged, instead of the 'below the smallest shrink' error."""
+    import numpy as np
+
+    a = _largest(mini_space)
+    largest = mini_space.encode(a)
+
+    class InvertedTable:
+        def bind(self, space):
+            return self
+
+        def predict(self, pop):
+            return np.where((np.asarray(pop) == largest).all(axis=1), 1.0, 2.0)
+
+    torch.manual_seed(0)
+    state = adapt(mini_space, build_model(a), a, InvertedTable(), synthetic_npz, tmp_path,
+                  AdaptConfig(budget_ratio=1.0), measure=False, quiet=True)
+    assert state["unchanged"]
+    with pytest.raises(UserError, match="below the smallest shrink"):
+        adapt(mini_space, build_model(a), a, InvertedTable(), synthetic_npz, tmp_path / "b",
+              AdaptConfig(budget_ratio=0.9), measure=False, quiet=True)
