@@ -133,10 +133,11 @@ def test_adaptation_killed_between_saving_a_network_and_its_state_resumes_exactl
     monkeypatch.setattr(na, "write_json", real_write)
     resumed = run(tmp_path / "killed")
     strip = lambda t: [(r["iteration"], r["arch_id"], r["accuracy"]) for r in t]  # noqa: E731
-    assert strip(resumed["trajectory"]) == strip(full["trajectory"]) and resumed["iteration"] == 2
+    # how many iterations the budget takes depends on the table timed here: one or two
+    assert strip(resumed["trajectory"]) == strip(full["trajectory"]) and resumed["iteration"] == full["iteration"] >= 1
     (_, m1), (_, m2) = load_network(tmp_path / "full" / "adapted"), load_network(tmp_path / "killed" / "adapted")
     assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
-    assert [d.name for d in (tmp_path / "killed" / "networks").iterdir()] == ["iteration002"]
+    assert [d.name for d in (tmp_path / "killed" / "networks").iterdir()] == [f"iteration{full['iteration']:03d}"]
 
 
 def test_a_met_budget_is_never_an_impossible_one(mini_space, synthetic_npz, tmp_path):
