@@ -63,11 +63,10 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
     """``nas space``: the space's size, and the latency tables and accuracy predictors that exist for it (in
     ``tables_dir``, else ./latency_tables then shipped; ./predictors then shipped), each with what it was
     measured or fitted on; ``this_cpu`` says whether a table was measured on this machine's CPU."""
-    from .evaluator import predictor_datasets, predictor_roots
+    from .evaluator import find_predictor_path, predictor_datasets
     from .latency.engine import cpu_model
-    from .latency.table import LatencyTable, available_devices, table_path
+    from .latency.table import LatencyTable, available_devices, find_table_path, table_roots
     from .predictor.model import Predictor
-    from .resources import shipped_dir
 
     def problem(check) -> Optional[str]:
         """Why a file cannot serve this space (e.g. the space was edited since), or None."""
@@ -78,10 +77,9 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
         return None
 
     sp = load_space(space)
-    roots = [Path(tables_dir)] if tables_dir else [Path("latency_tables"), shipped_dir("latency_tables")]
     tables = []
-    for device in available_devices(sp.name, roots):
-        path = next(p for p in (table_path(sp.name, device, r) for r in roots) if p.exists())
+    for device in available_devices(sp.name, table_roots(tables_dir)):
+        path = find_table_path(sp.name, device, tables_dir)
         t = LatencyTable.load(path)
         fp, v = t.fingerprint, t.meta.get("validation") or {}
         tables.append({"device": device, "path": str(path), "cpu_model": fp.get("cpu_model"),
@@ -91,7 +89,7 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
                        "this_cpu": fp.get("cpu_model") == cpu_model(), "problem": problem(lambda: t.check(sp))})
     predictors = []
     for dataset in predictor_datasets(sp.name):
-        path = next(p for p in (r / sp.name / f"{dataset}.json" for r in predictor_roots()) if p.exists())
+        path = find_predictor_path(sp.name, dataset)
         pred = Predictor.load(path)
         chosen = pred.meta.get("chosen")
         predictors.append({"dataset": dataset, "path": str(path), "version": pred.version, "model": chosen,

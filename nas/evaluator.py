@@ -24,16 +24,20 @@ def find_predictor(space: SearchSpace, path: Optional[str | os.PathLike] = None,
     """``path``, else ``./predictors/<space>/<dataset>.json``, else the shipped one."""
     if path:
         return Predictor.load(path, space)
-    for root in predictor_roots():
-        p = root / space.name / f"{dataset}.json"
-        if p.exists():
-            return Predictor.load(p, space)
+    p = find_predictor_path(space.name, dataset)
+    if p is not None:
+        return Predictor.load(p, space)
     raise UserError("accuracy", f"no predictor for space {space.name} and dataset {dataset}",
                     predictor_hint(space.name))
 
 
 def predictor_roots() -> tuple[Path, Path]:
     return Path("predictors"), shipped_dir("predictors")
+
+
+def find_predictor_path(space_name: str, dataset: str) -> Optional[Path]:
+    """``predictors/<space>/<dataset>.json`` in the first root that has it (./predictors, then shipped), or None."""
+    return next((p for p in (r / space_name / f"{dataset}.json" for r in predictor_roots()) if p.exists()), None)
 
 
 def predictor_datasets(space_name: str) -> list[str]:

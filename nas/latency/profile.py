@@ -150,9 +150,13 @@ def entry_items(space: SearchSpace, entries: list[Entry], batch: int) -> list[It
 
 
 def network_items(space: SearchSpace, pop: np.ndarray, batch: int, prefix: str = "") -> list[Item]:
-    f = space.frame
-    shape = (batch, f.in_chans, f.input_size, f.input_size)
-    return [Item(prefix + a.id, (lambda a=a: build_model(a)), shape) for a in space.decode_many(pop)]
+    return arch_items(space.decode_many(pop), batch, prefix)
+
+
+def arch_items(archs: list[Arch], batch: int, prefix: str = "") -> list[Item]:
+    """Whole networks to time, keyed ``prefix + id``."""
+    return [Item(prefix + a.id, (lambda a=a: build_model(a)),
+                 (batch, a.frame.in_chans, a.frame.input_size, a.frame.input_size)) for a in archs]
 
 
 def measure_networks(table: LatencyTable, archs: list[Arch], state: str | Path | None = None,
@@ -168,9 +172,7 @@ def measure_networks(table: LatencyTable, archs: list[Arch], state: str | Path |
     protocol = Protocol(**table.meta.get("protocol", {}))
     timer = Timer(space, make_backend(fp["backend"], fp["threads"]), fp["batch"], protocol,
                   reference=table_reference(table))
-    f = space.frame
-    shape = (fp["batch"], f.in_chans, f.input_size, f.input_size)
-    items = [Item(a.id, (lambda a=a: build_model(a)), shape) for a in dict.fromkeys(archs)]
+    items = arch_items(list(dict.fromkeys(archs)), fp["batch"])
     with ExitStack() as stack:
         path = Path(state) if state else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "m.jsonl"
         partial = PartialResults(path, {"fingerprint": fp, "protocol": table.meta.get("protocol")})

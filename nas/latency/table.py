@@ -57,12 +57,10 @@ class LatencyTable:
     @classmethod
     def find(cls, space: SearchSpace, device: str, tables_dir: Optional[str | os.PathLike] = None) -> "LatencyTable":
         """The table of ``device`` for ``space``: in ``tables_dir``, else ``./latency_tables``, else shipped."""
-        roots = [Path(tables_dir)] if tables_dir else [Path("latency_tables"), shipped_dir("latency_tables")]
-        for root in roots:
-            p = table_path(space.name, device, root)
-            if p.exists():
-                return cls.load(p, space)
-        known = available_devices(space.name, roots)
+        p = find_table_path(space.name, device, tables_dir)
+        if p is not None:
+            return cls.load(p, space)
+        known = available_devices(space.name, table_roots(tables_dir))
         hint = f"known for {space.name}: {', '.join(known)}" if known else f"no tables exist for {space.name}"
         raise UserError(f"device {device!r}", "no latency table for this device",
                         f"{hint}; measure one with: nas profile --space {space.cli_name} --device {device}")
@@ -198,6 +196,17 @@ def fit_correction(table_sum: np.ndarray, counts: np.ndarray, measured: np.ndarr
     X = np.stack([table_sum, counts, np.ones_like(table_sum)], axis=1)
     coef, *_ = np.linalg.lstsq(X, measured, rcond=None)
     return {"kind": "linear(sum, n_entries)", "coef": [float(x) for x in coef]}
+
+
+def table_roots(tables_dir: Optional[str | os.PathLike] = None) -> list[Path]:
+    """Where tables are looked for, first match wins: ``tables_dir``, else ``./latency_tables`` then shipped."""
+    return [Path(tables_dir)] if tables_dir else [Path("latency_tables"), shipped_dir("latency_tables")]
+
+
+def find_table_path(space_name: str, device: str, tables_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """The CSV of ``device``'s table for ``space_name`` in the first root that has one, or None."""
+    return next((p for p in (table_path(space_name, device, r) for r in table_roots(tables_dir)) if p.exists()),
+                None)
 
 
 def available_devices(space_name: str, roots) -> list[str]:
