@@ -86,6 +86,7 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
                        "backend": f"{fp.get('backend')} {fp.get('backend_version')}", "threads": fp.get("threads"),
                        "entries": len(t.rows), "date": str(t.meta.get("date", ""))[:10],
                        "kendall_tau": v.get("kendall_tau"), "share_within_10pct": v.get("share_within_10pct"),
+                       "earlier_validations": t.meta.get("validation_history", []),
                        "this_cpu": fp.get("cpu_model") == cpu_model(), "problem": problem(lambda: t.check(sp))})
     predictors = []
     for dataset in predictor_datasets(sp.name):

@@ -197,6 +197,10 @@ def cmd_space(a: argparse.Namespace) -> int:
     for t in info["tables"]:
         check = (f"; validated: Kendall tau {t['kendall_tau']:.3f}, {t['share_within_10pct']:.0%} within 10%"
                  if t["kendall_tau"] is not None else "")
+        if t["earlier_validations"]:
+            e = t["earlier_validations"][-1]
+            check += (f" (replaces {len(t['earlier_validations'])} earlier; the last: Kendall tau "
+                      f"{e['kendall_tau']:.3f}, {e['share_within_10pct']:.0%} within 10%)")
         print(f"  {t['device']:14s} {t['cpu_model']}{' (this CPU)' if t['this_cpu'] else ''}, {t['backend']}, "
               f"{t['threads']} thread(s), {t['entries']} entries, {t['date']}{check}")
         if t["problem"]:

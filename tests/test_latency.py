@@ -191,6 +191,13 @@ def test_validation_reports_noise_floor_and_correction(tiny_space, tmp_path):
     frame = pd.read_csv(tmp_path / "tiny" / "cpu-ort-1t.validation.csv")
     assert (frame["split"] == "heldout").sum() == 8 and (frame["measured_ms"] > 0).all()
     assert LatencyTable.load(table.path, tiny_space).correction["kind"].startswith("linear")
+    # validating again replaces the validation; the replaced one's figures stay in the history
+    timer = Timer(tiny_space, make_backend("onnxruntime", 1), 1, FAST)
+    again = validate_table(LatencyTable.load(table.path, tiny_space), timer, 10, fit_networks=6, quiet=True)
+    meta = LatencyTable.load(table.path, tiny_space).meta
+    assert again["networks"] == meta["validation"]["networks"] == 4
+    assert [h["networks"] for h in meta["validation_history"]] == [8]
+    assert meta["validation_history"][0]["kendall_tau"] == rep["kendall_tau"] and rep["date"]
 
 
 def test_torch_backend_runs(tiny_space, tmp_path):

@@ -269,10 +269,12 @@ def merge_extension(old: LatencyTable, space: SearchSpace, records: dict[str, di
     new = {e.key: _measured_row(e, records, ref_ms) for e in missing}
     rows = _table_rows([new[e.key] if e.key in new else have[e.key] for e in entries])
     session_ref = engine.reference_ms(records[e.key] for e in missing)
-    meta = {**old.meta, "space_signature": space.signature(), "entries": len(entries),
+    meta = {**old.meta}
+    _keep_in_history(meta)  # the figures of the table before the edit
+    meta = {**meta, "space_signature": space.signature(), "entries": len(entries),
             "validation": None, "correction": None,
             "extensions": [*old.meta.get("extensions", []), {
-                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "date": _now(),
                 "kept": len(entries) - len(missing), "measured": len(missing),
                 "dropped": len(set(have) - {e.key for e in entries}), "wall_time_s": round(wall_time_s, 1),
                 "session_reference_ms": session_ref if np.isfinite(session_ref) else None, **where}]}
@@ -315,7 +317,7 @@ def finish_table(space: SearchSpace, device: str, granularity: str, fp: dict[str
     rows = _table_rows([_measured_row(e, records, ref_ms) for e in entries])
     meta = {"space": space.name, "space_signature": space.signature(), "device": device,
             "granularity": granularity, "entries": len(entries), "fingerprint": fp,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": _now(),
             "wall_time_s": round(wall_time_s, 1),
             "reference": {"key": reference_key, "median_ms": ref_ms, "method": REFERENCE_METHOD},
             "protocol": asdict(protocol), "toolkit_version": __version__, "validation": None,
@@ -383,10 +385,11 @@ def record_validation(table: LatencyTable, pop: np.ndarray, records: dict[str, d
     corr["used"] = bool(corr_m["mape"] < plain_m["mape"])
     noise = float(np.mean(np.abs(a[held] / b[held] - 1.0) <= 0.10))
     chosen = corr_m if corr["used"] else plain_m
+    _keep_in_history(table.meta)
     table.meta["validation"] = {"networks": int(len(ids) - fit_networks), "fit_networks": int(fit_networks),
                                 **chosen, "noise_floor": noise, "uses_correction": corr["used"],
                                 "plain_sum": plain_m, "corrected": corr_m,
-                                "csv": f"{table.device}.validation.csv"}
+                                "csv": f"{table.device}.validation.csv", "date": _now()}
     table.meta["correction"] = corr
     frame = pd.DataFrame({"arch_id": ids, "split": ["fit"] * fit_networks + ["heldout"] * (len(ids) - fit_networks),
                           "table_sum_ms": plain, "table_corrected_ms": corrected, "measured_ms": both,
@@ -394,6 +397,22 @@ def record_validation(table: LatencyTable, pop: np.ndarray, records: dict[str, d
     write_csv(Path(table.path).with_name(f"{table.device}.validation.csv"), frame)
     table.save()
     return table.meta["validation"]
+
+
+HISTORY_KEYS = ("date", "networks", "share_within_10pct", "kendall_tau", "mape", "noise_floor", "uses_correction")
+
+
+def _keep_in_history(meta: dict[str, Any]) -> None:
+    """A re-validation replaces the table's validation (and correction, and CSV); the figures of the one it
+    replaces stay in ``validation_history``, oldest first, so that drift over time or load stays visible."""
+    previous = meta.get("validation")
+    if previous:
+        meta["validation_history"] = [*meta.get("validation_history", []),
+                                      {k: previous.get(k) for k in HISTORY_KEYS}]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------- remote bundles
