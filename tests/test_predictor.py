@@ -183,6 +183,12 @@ def test_a_predictor_that_does_not_rank_says_so(mini_space):
                          repeats=1, feature_sets={"nsr": ()})
     warning = flat.quality_warning()
     assert "barely ranks" in warning and "12 fine-tuned samples" in warning
+    # what the record shows about why: samples that all scored alike, a teacher at chance level
+    same = fit_predictor(mini_space, nsr, mini_space.sample(rng, 12), np.full(12, 0.086), {"dataset": "toy"},
+                         repeats=1, feature_sets={"nsr": ()})
+    assert "every fine-tuned sample scored 0.086" in same.quality_warning()
+    same.meta["teacher"] = {"val_top1": 0.09}
+    assert "teacher is at chance level: validation top-1 0.090 with 10 classes" in same.quality_warning()
 
     import warnings
 

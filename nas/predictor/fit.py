@@ -102,7 +102,9 @@ def fit_predictor(space: SearchSpace, nsr: list[np.ndarray], pop: np.ndarray, ac
     model = FITTERS[kind](X, acc, seed)
     meta = {"format": FORMAT, "version": VERSION, "space": space.name, "space_signature": space.signature(),
             **info, "features": names, "model": model, "cv": cv, "chosen": f"{kind}:{_fs_name(names, stage_names)}",
-            "n_samples": int(len(acc)), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "n_samples": int(len(acc)), "num_classes": int(space.frame.num_classes),
+            "sample_accuracy": {"min": float(np.min(acc)), "max": float(np.max(acc)), "mean": float(np.mean(acc))},
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "stage_nsr": [v.tolist() for v in nsr]}
     if "placement_score" in names:
         meta["placement_scores"] = np.asarray(placement_scores, dtype=float).tolist()

@@ -86,8 +86,19 @@ class Predictor:
             return None
         shown = "undefined (the predictions do not vary)" if tau != tau else f"{tau:.2f}"
         return (f"cross-validated Kendall tau {shown} on {self.meta.get('n_samples', '?')} fine-tuned samples: "
-                f"this predictor barely ranks architectures; fine-tune more samples (--samples) or longer "
-                f"(--finetune-epochs, and more than --subset images)")
+                f"this predictor barely ranks architectures{self._why_weak()}; fine-tune more samples (--samples) "
+                f"or longer (--finetune-epochs, and more than --subset images)")
+
+    def _why_weak(self) -> str:
+        """What the fit's record shows about why: a teacher at chance level, or samples that all scored alike."""
+        teacher, classes = self.meta.get("teacher") or {}, self.meta.get("num_classes")
+        top1, acc = teacher.get("val_top1"), self.meta.get("sample_accuracy") or {}
+        if top1 is not None and classes and top1 <= 1.5 / classes:
+            return (f" (its teacher is at chance level: validation top-1 {top1:.3f} with {classes} classes; train "
+                    f"it longer, --teacher-epochs, on more images)")
+        if acc and acc["max"] - acc["min"] < 1e-9:
+            return f" (every fine-tuned sample scored {acc['max']:.3f}: nothing to rank)"
+        return ""
 
     # ------------------------------------------------------------------ binding
     def bind(self, space: SearchSpace) -> "Predictor":
