@@ -156,9 +156,11 @@ class LatencyTable:
         if not v or (v["kendall_tau"] >= min_tau and v["share_within_10pct"] >= min_within):
             return None
         readme = "on this device the stage timings do not add up (README, Latency tables)"
-        cause = (f"this machine's own timings varied (noise floor {v['noise_floor']:.0%}): validate again on an idle "
-                 f"machine (nas profile ... --validate {v['networks'] + v.get('fit_networks', 0)}); if it stays "
-                 f"short, {readme}" if v["noise_floor"] < min_within else f"whole networks time steadily, so {readme}")
+        cause = (f"this machine's own timings varied (noise floor {v['noise_floor']:.0%}: two timings of a network, "
+                 f"each in its own session, agree within 10% that often), so it cannot be checked more tightly "
+                 f"here: validate again on an idle machine (nas profile ... --validate "
+                 f"{v['networks'] + v.get('fit_networks', 0)}); if it stays short, {readme}"
+                 if v["noise_floor"] < min_within else f"whole networks time steadily, so {readme}")
         return (f"table {self.device} predicts whole networks loosely: Kendall tau {v['kendall_tau']:.3f}, "
                 f"{v['share_within_10pct']:.0%} within 10% on {v['networks']} held-out networks (goals "
                 f"{min_tau}, {min_within:.0%}); {cause}")
