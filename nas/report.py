@@ -135,7 +135,7 @@ def check_measurable(problem) -> None:
                                   fp["execution_provider"], fp["threads"], fp["batch"])
         diff = engine.fingerprint_mismatch(fp, here)
         if diff:
-            raise UserError("--measure", f"table {device} was measured elsewhere ({'; '.join(diff)})",
+            raise UserError("--measure", f"table {device} was measured elsewhere or otherwise ({'; '.join(diff)})",
                             "run --measure on the device the table describes, or profile this machine "
                             "(nas profile --device <name>) and search with latency@<name>")
 

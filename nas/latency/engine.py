@@ -9,6 +9,10 @@ minutes apart do not add up):
 * Entries are timed in chunks; inside a chunk every round visits all entries in a fresh random order.
 * Each timing of an entry sits between two timings of one fixed *reference* model
   (R E1 R E2 R ...), and is recorded as the ratio ``E / mean(R before, R after)``.
+* Every timing is preceded by one untimed run of the same model, so that it measures steady-state
+  inference (weights in cache, as a deployed network runs), not how much of a chunk's other models evicted
+  it (measured on a 2-vCPU Intel VM: without it, networks timed among 80 others ran 21% slower than alone,
+  and two timings of a network agreed within 10% for 62% of networks; with it, 2% and 99%).
 * An entry's result is the median ratio over rounds; entries whose ratios spread more than
   ``spread_tol`` get extra rounds. Ratios become milliseconds through one reference time (the median
   of all reference timings of the profile), so a table is internally consistent even if the machine
@@ -28,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2  # 2: an untimed run before every timing (steady state); 1 timed from whatever the cache held
 Runner = Callable[[int], float]  # runner(n) -> mean seconds per run over n back-to-back runs
 
 
@@ -125,14 +129,20 @@ def measure_chunk(keys: list[str], make_runner: Callable[[str], Runner], referen
     return [results[k] for k in keys]
 
 
+def _steady(runner: Runner, n: int) -> float:
+    """One untimed run, then the timed ``n``: the timing starts from the model's own weights in cache."""
+    runner(1)
+    return runner(n)
+
+
 def _rounds(keys, runners, results, reference, ref_n, rounds, rng, on_round) -> None:
     for _ in range(rounds):
         order = rng.permutation(len(keys))
-        before = reference(ref_n)
+        before = _steady(reference, ref_n)
         for i in order:
             m = results[keys[i]]
-            t = runners[keys[i]](m.n)
-            after = reference(ref_n)
+            t = _steady(runners[keys[i]], m.n)
+            after = _steady(reference, ref_n)
             ref = 0.5 * (before + after)
             m.ratios.append(t / ref)
             m.ref_s.append(ref)
