@@ -62,9 +62,11 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
                tables_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """``nas space``: the space's size, and the latency tables and accuracy predictors that exist for it (in
     ``tables_dir``, else ./latency_tables then shipped; ./predictors then shipped), each with what it was
-    measured or fitted on; ``this_cpu`` says whether a table was measured on this machine's CPU."""
+    measured or fitted on; ``this_cpu`` says whether a table was measured on this machine's CPU, ``differs_here``
+    how its timing set-up differs from this machine's (empty: networks can be measured against it here)."""
     from .evaluator import find_predictor_path, predictor_datasets
     from .latency.engine import cpu_model
+    from .latency.profile import measured_elsewhere
     from .latency.table import LatencyTable, available_devices, find_table_path, table_roots
     from .predictor.model import Predictor
 
@@ -87,7 +89,8 @@ def space_info(space: "str | SearchSpace" = "mobilenetv3_cifar",
                        "entries": len(t.rows), "date": str(t.meta.get("date", ""))[:10],
                        "kendall_tau": v.get("kendall_tau"), "share_within_10pct": v.get("share_within_10pct"),
                        "earlier_validations": t.meta.get("validation_history", []),
-                       "this_cpu": fp.get("cpu_model") == cpu_model(), "problem": problem(lambda: t.check(sp))})
+                       "this_cpu": fp.get("cpu_model") == cpu_model(), "differs_here": measured_elsewhere(t),
+                       "problem": problem(lambda: t.check(sp))})
     predictors = []
     for dataset in predictor_datasets(sp.name):
         path = find_predictor_path(sp.name, dataset)

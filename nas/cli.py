@@ -201,7 +201,10 @@ def cmd_space(a: argparse.Namespace) -> int:
             e = t["earlier_validations"][-1]
             check += (f" (replaces {len(t['earlier_validations'])} earlier; the last: Kendall tau "
                       f"{e['kendall_tau']:.3f}, {e['share_within_10pct']:.0%} within 10%)")
-        print(f"  {t['device']:14s} {t['cpu_model']}{' (this CPU)' if t['this_cpu'] else ''}, {t['backend']}, "
+        here = (" (measured here)" if not t["differs_here"] else
+                f" (this CPU; to measure against it here, profile again: {'; '.join(t['differs_here'])})"
+                if t["this_cpu"] else "")
+        print(f"  {t['device']:14s} {t['cpu_model']}{here}, {t['backend']}, "
               f"{t['threads']} thread(s), {t['entries']} entries, {t['date']}{check}")
         if t["problem"]:
             print(f"  {'':14s} not usable as it is: {t['problem']} (nas profile --space {a.space} --device "

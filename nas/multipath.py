@@ -777,20 +777,14 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
         result["controller_paths"] = {d: a.id for d, a in found["paths"].items()}
         result["selection"] = selection["candidates"]
     if table is not None:
-        from .latency.profile import measure_networks
+        from .latency.profile import measure_networks, measured_elsewhere
 
         vecs = np.stack([space.encode(a) for a in paths.values()])
         result["table_latency_ms"] = dict(zip(paths, table.bind(space).predict(vecs).tolist()))
-        if table.fingerprint.get("cpu_model") == _here_cpu():
+        if not measured_elsewhere(table):
             result["measured_latency_ms"] = dict(zip(paths, measure_networks(table, list(paths.values())).tolist()))
     write_json(out / "multipath.json", result)
     return result
-
-
-def _here_cpu() -> str:
-    from .latency.engine import cpu_model
-
-    return cpu_model()
 
 
 __all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",

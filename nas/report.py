@@ -121,8 +121,7 @@ def versions() -> dict[str, str]:
 def check_measurable(problem) -> None:
     """``--measure`` can re-time this problem's front here: it has latency tables, and each was measured on
     this machine (same CPU, backend version, threads, batch). Checked before a search, not after it."""
-    from .latency import engine
-    from .latency.backends import make_backend
+    from .latency.profile import measured_elsewhere
 
     if problem.tabular:
         raise UserError("--measure", "a tabular space has no networks to measure", "drop --measure")
@@ -130,10 +129,7 @@ def check_measurable(problem) -> None:
     if not tables:
         raise UserError("--measure", "no latency objective or constraint to re-measure", "add latency@<device>")
     for device, table in tables.items():
-        fp = table.fingerprint
-        here = engine.fingerprint(device, fp["backend"], make_backend(fp["backend"], fp["threads"]).version,
-                                  fp["execution_provider"], fp["threads"], fp["batch"])
-        diff = engine.fingerprint_mismatch(fp, here)
+        diff = measured_elsewhere(table)
         if diff:
             raise UserError("--measure", f"table {device} was measured elsewhere or otherwise ({'; '.join(diff)})",
                             "run --measure on the device the table describes, or profile this machine "

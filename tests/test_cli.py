@@ -93,6 +93,7 @@ def test_space_command_lists_its_tables_and_predictors(tmp_path, monkeypatch, ca
     tables = {t["device"]: t for t in info["tables"]}
     assert {"cpu-ort-1t", "cpu-ort-2t", "xeon-ort-1t"} <= set(tables)
     assert tables["cpu-ort-1t"]["this_cpu"] and not tables["xeon-ort-1t"]["this_cpu"]
+    assert any("cpu_model" in d for d in tables["xeon-ort-1t"]["differs_here"])
     assert all(t["entries"] > 4000 and t["kendall_tau"] > 0.8 for t in tables.values())
     assert [(p["dataset"], p["samples"]) for p in info["predictors"]] == [("cifar10", 280)]
     monkeypatch.setattr(engine, "cpu_model", lambda: "Another CPU")

@@ -162,3 +162,18 @@ def test_a_met_budget_is_never_an_impossible_one(mini_space, synthetic_npz, tmp_
     with pytest.raises(UserError, match="below the smallest shrink"):
         adapt(mini_space, build_model(a), a, InvertedTable(), synthetic_npz, tmp_path / "b",
               AdaptConfig(budget_ratio=0.9), measure=False, quiet=True)
+
+
+def test_measuring_against_a_table_from_elsewhere_is_refused(mini_space, mini_table, synthetic_npz, tmp_path):
+    """Networks timed here on another machine's (or timing engine's) table would carry its milliseconds: refused
+    before any work, unless the adaptation does not measure."""
+    from nas.latency.table import LatencyTable
+
+    foreign = LatencyTable(mini_table.rows, {**mini_table.meta, "fingerprint": {**mini_table.fingerprint,
+                                                                              "cpu_model": "another CPU"}},
+                           mini_table.path)
+    a = _largest(mini_space)
+    with pytest.raises(UserError, match=r"measured elsewhere or otherwise \(cpu_model: .*'another CPU'.*--no-measure"):
+        adapt(mini_space, build_model(a), a, foreign, synthetic_npz, tmp_path, AdaptConfig(budget_ratio=0.9),
+              quiet=True)
+    assert not any(tmp_path.iterdir())

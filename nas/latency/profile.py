@@ -159,12 +159,21 @@ def arch_items(archs: list[Arch], batch: int, prefix: str = "") -> list[Item]:
                  (batch, a.frame.in_chans, a.frame.input_size, a.frame.input_size)) for a in archs]
 
 
+def measured_elsewhere(table: LatencyTable) -> list[str]:
+    """How ``table``'s fingerprint differs from this machine's (CPU, backend version, threads, batch, timing
+    engine): empty when networks timed here land on its scale."""
+    fp = table.fingerprint
+    here = engine.fingerprint(table.device, fp["backend"], make_backend(fp["backend"], fp["threads"]).version,
+                              fp["execution_provider"], fp["threads"], fp["batch"])
+    return engine.fingerprint_mismatch(fp, here)
+
+
 def measure_networks(table: LatencyTable, archs: list[Arch], state: str | Path | None = None,
                      desc: str = "measure networks", quiet: bool = True) -> np.ndarray:
     """End-to-end ms of these networks (of ``table``'s frame, in its space or not) on this machine, on
     ``table``'s scale: timed with its protocol against its reference model. With ``state`` (a JSONL file) every
     timing is kept as it is made, so an interrupted call resumes. The caller checks that ``table`` was
-    measured here."""
+    measured here (:func:`measured_elsewhere`)."""
     import tempfile
     from contextlib import ExitStack
 
