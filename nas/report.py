@@ -120,7 +120,7 @@ def versions() -> dict[str, str]:
 
 def check_measurable(problem) -> None:
     """``--measure`` can re-time this problem's front here: it has latency tables, and each was measured on
-    this machine (same CPU, backend version, threads, batch). Checked before a search, not after it."""
+    this machine (same CPU, backend version, threads, batch, timing engine). Checked before a search, not after it."""
     from .latency.profile import measured_elsewhere
 
     if problem.tabular:
