@@ -11,8 +11,8 @@ minutes apart do not add up):
   (R E1 R E2 R ...), and is recorded as the ratio ``E / mean(R before, R after)``.
 * Every timing is preceded by one untimed run of the same model, so that it measures steady-state
   inference (weights in cache, as a deployed network runs), not how much of a chunk's other models evicted
-  it (measured on a 2-vCPU Intel VM: without it, networks timed among 80 others ran 21% slower than alone,
-  and two timings of a network agreed within 10% for 62% of networks; with it, 2% and 99%).
+  it (benchmarks/session_placement.py on a 2-vCPU Intel VM: without it, networks timed among 80 others ran 15%
+  slower than alone, and two timings of a network agreed within 10% for 86% of networks; with it, 2% and 97.5%).
 * An entry's result is the median ratio over rounds; entries whose ratios spread more than
   ``spread_tol`` get extra rounds. Ratios become milliseconds through one reference time (the median
   of all reference timings of the profile), so a table is internally consistent even if the machine
@@ -107,9 +107,9 @@ def measure_chunk(keys: list[str], make_runner: Callable[[str], Runner], referen
                   on_round: Optional[Callable[[int], None]] = None) -> list[Measurement]:
     """Measure ``keys`` interleaved with ``reference`` over ``rounds`` shuffled rounds.
 
-    Sessions are created in a random order too: where in memory a session lands changes its speed (measured on
-    a 2-vCPU Intel VM: the same 80 networks ran up to 16% faster when their sessions were created last), so
-    creating them in list order would bias entries by their position in the list."""
+    Sessions are created in a random order too: when a session is made changes its speed (measured on a 2-vCPU
+    Intel VM, timed without the untimed run: the first fifth of 80 networks created ran 17% slower, the last
+    fifth 10% faster, than in reverse order), so list order would bias entries by their position in the list."""
     runners, results = {}, {}
     for k in (keys[i] for i in rng.permutation(len(keys))):
         r = make_runner(k)
