@@ -181,14 +181,10 @@ def adapt(space: SearchSpace, model: torch.nn.Module, arch: Arch, table: Latency
 
     table.bind(space)
     if measure:
-        from .latency.profile import measured_elsewhere
+        from .latency.profile import check_measured_here
 
-        diff = measured_elsewhere(table)
-        if diff:  # its timings here would be labelled with another machine's (or engine's) milliseconds
-            raise UserError("--table", f"table {table.device} was measured elsewhere or otherwise "
-                            f"({'; '.join(diff)}), so networks cannot be measured against it here",
-                            "pass --no-measure, or profile this machine (nas profile --device <name>) and adapt "
-                            "with that table")
+        check_measured_here(table, "--table", "pass --no-measure, or profile this machine (nas profile --device "
+                                              "<name>) and adapt with that table")
     out = Path(out_dir)
     state_path = out / "state.json"
     lat0 = float(table.predict(space.encode(arch)[None])[0])

@@ -121,7 +121,7 @@ def versions() -> dict[str, str]:
 def check_measurable(problem) -> None:
     """``--measure`` can re-time this problem's front here: it has latency tables, and each was measured on
     this machine (same CPU, backend version, threads, batch, timing engine). Checked before a search, not after it."""
-    from .latency.profile import measured_elsewhere
+    from .latency.profile import check_measured_here
 
     if problem.tabular:
         raise UserError("--measure", "a tabular space has no networks to measure", "drop --measure")
@@ -129,11 +129,9 @@ def check_measurable(problem) -> None:
     if not tables:
         raise UserError("--measure", "no latency objective or constraint to re-measure", "add latency@<device>")
     for device, table in tables.items():
-        diff = measured_elsewhere(table)
-        if diff:
-            raise UserError("--measure", f"table {device} was measured elsewhere or otherwise ({'; '.join(diff)})",
-                            "run --measure on the device the table describes, or profile this machine "
-                            "(nas profile --device <name>) and search with latency@<name>")
+        check_measured_here(table, "--measure", "run --measure on the device the table describes, or profile this "
+                                                "machine (nas profile --device <name>) and search with latency@<name>",
+                            device)
 
 
 def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) -> pd.DataFrame:
@@ -145,9 +143,9 @@ def measure_front(res: SearchResult, pareto: pd.DataFrame, quiet: bool = False) 
 
     problem = res.problem
     check_measurable(problem)
+    archs = [problem.space.parse_id(i) for i in pareto["arch_id"]]
     for device, table in problem.evaluator.tables.items():
         state = Path(res.out or ".") / "state" / f"measure_{device}.jsonl"
-        archs = [problem.space.parse_id(i) for i in pareto["arch_id"]]
         pareto[f"measured_latency@{device}"] = measure_networks(table, archs, state, f"measure front on {device}",
                                                                 quiet)
         pareto[f"latency_error@{device}"] = pareto[f"latency@{device}"] / pareto[f"measured_latency@{device}"] - 1

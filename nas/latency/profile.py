@@ -168,12 +168,21 @@ def measured_elsewhere(table: LatencyTable) -> list[str]:
     return engine.fingerprint_mismatch(fp, here)
 
 
+def check_measured_here(table: LatencyTable, where: str, fix: str, name: Optional[str] = None) -> None:
+    """Refuse (naming ``where`` and ``fix``) to time networks against ``table`` (called ``name``, default its
+    device) unless it was measured here: their timings would carry another machine's (or engine's) milliseconds."""
+    diff = measured_elsewhere(table)
+    if diff:
+        raise UserError(where, f"table {name or table.device} was measured elsewhere or otherwise "
+                        f"({'; '.join(diff)}), so networks cannot be measured against it here", fix)
+
+
 def measure_networks(table: LatencyTable, archs: list[Arch], state: str | Path | None = None,
                      desc: str = "measure networks", quiet: bool = True) -> np.ndarray:
     """End-to-end ms of these networks (of ``table``'s frame, in its space or not) on this machine, on
     ``table``'s scale: timed with its protocol against its reference model. With ``state`` (a JSONL file) every
     timing is kept as it is made, so an interrupted call resumes. The caller checks that ``table`` was
-    measured here (:func:`measured_elsewhere`)."""
+    measured here (:func:`check_measured_here`)."""
     import tempfile
     from contextlib import ExitStack
 
