@@ -29,7 +29,7 @@ from scipy.stats import kendalltau
 from nas.data import load_data
 from nas.errors import UserError
 from nas.latency.engine import append_jsonl, load_jsonl
-from nas.pooling import (SCORING_RULES, MixtureConfig, PlacementSpace, score_placements, standalone_recipe,
+from nas.pooling import (SCORING_RULES, WIDTH_RULES, MixtureConfig, PlacementSpace, score_placements, standalone_recipe,
                          standalone_task, train_mixture)
 from nas.train import resolve_device
 
@@ -112,9 +112,11 @@ def ground_truth(rows: list[dict], names: list[str], seeds: list[int]) -> dict:
     return out
 
 
-def tau(a: dict, b: dict) -> float:
+def tau(a: dict, b: dict) -> float | None:
+    """Kendall tau over the placements both rank; None where one side is constant (it ranks nothing)."""
     keys = sorted(a)
-    return float(kendalltau([a[k] for k in keys], [b[k] for k in keys]).statistic)
+    t = float(kendalltau([a[k] for k in keys], [b[k] for k in keys]).statistic)
+    return None if np.isnan(t) else t
 
 
 def repeat_tau(per_seed: dict) -> dict:
@@ -163,6 +165,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
     ap.add_argument("--base-width", type=int, default=8)
+    ap.add_argument("--widths", choices=WIDTH_RULES, default="doubling",
+                    help="fixed: each block keeps ResNet20's width for its position, as in the paper; doubling: "
+                         "the width doubles after each pool (every placement about the same MACs)")
     ap.add_argument("--standalone-epochs", type=float, default=4.0)
     ap.add_argument("--standalone-seeds", default="0",
                     help="train every placement standalone once per seed; the ground truth is their mean")
@@ -186,7 +191,7 @@ def main() -> None:
                                           "by the supernets and by the standalone networks trained from now on")
     a = ap.parse_args()
     a.device = resolve_device(a.device)  # a typo fails here, not deep inside the first training
-    space = PlacementSpace(base_width=a.base_width)
+    space = PlacementSpace(base_width=a.base_width, widths_rule=a.widths)
     space_kw = asdict(space)
     seeds = [int(s) for s in a.standalone_seeds.split(",")]
     names = [space.name(p) for p in space.placements]
@@ -263,8 +268,10 @@ def main() -> None:
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
                "standalone_accuracy": gt, "wall_time_s": wall,
-               # MACs are equal for every placement (widths double at each pool); parameters are not
-               "params_baseline_tau": tau({space.name(p): space.params(p) for p in space.placements}, gt),
+               # doubling widths: MACs are about equal for every placement and parameters are not; fixed widths:
+               # the other way round (a constant ranks nothing: tau is NaN, written as null)
+               **{f"{cost}_baseline_tau": tau({space.name(p): float(getattr(space, cost)(p)) for p in space.placements}, gt)
+                  for cost in ("params", "macs")},
                # no supernet can rank better against this ground truth than a perfect ranking would
                "gt_ceiling_tau": binomial_ceiling_tau(list(gt.values()), test_images),
                "ground_truth": gt_summary, "standalone_note": a.standalone_note, **results,

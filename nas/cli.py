@@ -413,6 +413,9 @@ def _supernet_mixture_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--blocks", type=int, default=9)
     sp.add_argument("--pools", type=int, default=2)
     sp.add_argument("--base-width", type=int, default=16)
+    sp.add_argument("--widths", choices=["doubling", "fixed"], default="doubling",
+                    help="fixed: each block keeps ResNet20's width for its position and a placement changes only "
+                         "resolution (the paper's search); doubling: the width doubles after each pool")
     sp.add_argument("--data", default="../shared/data/cifar10.npz")
     sp.add_argument("--subset", type=int, default=None)
     sp.add_argument("--out", default="runs/pooling")

@@ -12,8 +12,13 @@ placements assigned to them in a balanced, learned way.
 * ``M = 1`` is plain single-supernet training.
 
 The space here is ResNet20-like: a stem conv, 9 basic blocks, and ``pools`` 2x2 max-pools placed before
-some of the blocks (C(9, 2) = 36 placements); the width doubles after each pool. Block weights are stored at
-their largest width and sliced, so every placement is a path through one set of weights per supernet.
+some of the blocks (C(9, 2) = 36 placements). Two width rules:
+
+* ``fixed`` (the paper's ResNet20 search): each block keeps ResNet20's width for its position (16, 16, 16,
+  32, ... 64 at base width 16) wherever the pools sit, so a placement changes only resolution; every
+  placement uses the same weights whole, and the cost grows the later the network pools.
+* ``doubling``: the width doubles after each pool, so every placement costs about the same MACs. Block
+  weights are stored at their largest width and sliced, so placements also share weights across widths.
 """
 from __future__ import annotations
 
@@ -39,18 +44,25 @@ from .supernet import SlicedBN, batch_statistics, recalibrate_bn
 
 
 # ---------------------------------------------------------------------- space
+WIDTH_RULES = ("doubling", "fixed")
+
+
 @dataclass(frozen=True)
 class PlacementSpace:
     blocks: int = 9
     pools: int = 2
     base_width: int = 16
     num_classes: int = 10
+    widths_rule: str = "doubling"
     input_size = 32  # CIFAR-sized, like ResNet20 (a class attribute, not a field: recipes hash the fields)
 
     def __post_init__(self):
         if not (0 < self.pools < self.blocks):
             raise UserError("placement space", f"cannot place {self.pools} pools among {self.blocks} blocks",
                             "use 0 < pools < blocks")
+        if self.widths_rule not in WIDTH_RULES:
+            raise UserError("--widths", f"unknown width rule {self.widths_rule!r}",
+                            f"use one of {', '.join(WIDTH_RULES)}")
 
     @property
     def placements(self) -> list[tuple[int, ...]]:
@@ -58,7 +70,17 @@ class PlacementSpace:
         return list(itertools.combinations(range(1, self.blocks + 1), self.pools))
 
     def widths(self, placement: tuple[int, ...]) -> list[int]:
-        return [self.base_width * 2 ** sum(b >= p for p in placement) for b in range(1, self.blocks + 1)]
+        """Each block's output width: set by the pools before it (``doubling``), or by its position alone, as in
+        the default placement (``fixed``)."""
+        pools = self.default() if self.widths_rule == "fixed" else placement
+        return [self.base_width * 2 ** sum(b >= p for p in pools) for b in range(1, self.blocks + 1)]
+
+    def block_widths(self) -> list[int]:
+        """The width each block's weights are stored at: the widest any placement uses (``doubling``: one
+        size for all, so that the initialisation scale is the same in every block), or its own (``fixed``)."""
+        if self.widths_rule == "fixed":
+            return self.widths(self.default())
+        return [self.base_width * 2 ** self.pools] * self.blocks
 
     def default(self) -> tuple[int, ...]:
         """ResNet20's own layout: 3 blocks per resolution, pools before blocks 4 and 7 (the paper's [4,3,3]
@@ -73,7 +95,10 @@ class PlacementSpace:
         return PlacementNet(self)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "resnet20-like", **asdict(self)}
+        d = asdict(self)
+        if d["widths_rule"] == "doubling":  # the rule before there was a choice: older checkpoints still match
+            del d["widths_rule"]
+        return {"kind": "resnet20-like", **d}
 
     def macs(self, placement: tuple[int, ...], size: int = 32) -> int:
         widths, h, total = self.widths(placement), size, size * size * 3 * self.base_width * 9
@@ -86,8 +111,9 @@ class PlacementSpace:
         return total + cin * self.num_classes
 
     def params(self, placement: tuple[int, ...]) -> int:
-        """Convolution and classifier weights (norms left out). Unlike MACs, they depend on where the pools sit:
-        every block after a pool is twice as wide."""
+        """Convolution and classifier weights (norms left out). With ``doubling`` widths they depend on where the
+        pools sit (every block after a pool is twice as wide), and MACs hardly do; with ``fixed`` widths it is
+        the other way round."""
         cin, total = self.base_width, 3 * self.base_width * 9
         for w in self.widths(placement):
             total += 9 * (cin * w + w * w) + (cin * w if cin != w else 0)
@@ -201,11 +227,11 @@ class PlacementNet(nn.Module):
     def __init__(self, space: PlacementSpace):
         super().__init__()
         self.space = space
-        cmax = space.base_width * 2 ** space.pools
+        widths = space.block_widths()
         self.stem = nn.Sequential(nn.Conv2d(3, space.base_width, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(space.base_width), nn.ReLU(inplace=True))
-        self.blocks = nn.ModuleList(SlicedBasicBlock(cmax) for _ in range(space.blocks))
-        self.fc = nn.Linear(cmax, space.num_classes)
+        self.blocks = nn.ModuleList(SlicedBasicBlock(w) for w in widths)
+        self.fc = nn.Linear(max(widths), space.num_classes)
 
     def forward(self, x: torch.Tensor, placement: tuple[int, ...]) -> torch.Tensor:
         h = self.stem(x)

@@ -114,6 +114,26 @@ def test_placements_and_widths():
         PlacementSpace(blocks=9, pools=9)
 
 
+def test_fixed_widths_change_only_resolution():
+    """The paper's ResNet20 search: every placement keeps ResNet20's widths and uses each block's weights whole,
+    so parameters are equal and MACs grow the later the network pools; the default placement is ResNet20 under
+    either rule."""
+    fixed, doubling = PlacementSpace(widths_rule="fixed"), PlacementSpace()
+    assert all(fixed.widths(p) == [16] * 3 + [32] * 3 + [64] * 3 for p in fixed.placements)
+    assert fixed.params((4, 7)) == doubling.params((4, 7)) and fixed.macs((4, 7)) == doubling.macs((4, 7))
+    assert len({fixed.params(p) for p in fixed.placements}) == 1
+    assert fixed.macs((1, 2)) < fixed.macs((4, 7)) < fixed.macs((8, 9))
+    net = PlacementNet(fixed)
+    assert [b.conv1.weight.shape[0] for b in net.blocks] == fixed.widths((4, 7))  # stored unsliced
+    assert sum(v.numel() for k, v in net.state_dict().items() if "conv" in k or "proj" in k or "fc" in k
+               or k.startswith("stem.0")) >= fixed.params((4, 7))
+    with torch.no_grad():
+        for p in ((1, 2), (4, 7), (8, 9)):
+            assert net(torch.zeros(2, 3, 32, 32), p).shape == (2, 10)
+    with pytest.raises(UserError, match="unknown width rule 'wide'"):
+        PlacementSpace(widths_rule="wide")
+
+
 def test_bn_recalibration_gives_each_placements_own_statistics():
     """After recalibration, the sliced BN of every block holds the cumulative mean/var of its input over the
     recalibration batches (what nn.BatchNorm2d with momentum=None computes), so eval mode equals batch stats."""
@@ -256,6 +276,24 @@ def test_mixture_folder_refuses_other_data_of_the_same_size(synthetic_npz, tmp_p
     assert main(args + ["--data", str(other)]) == 2
     err = capsys.readouterr().err
     assert "data=synthetic.npz, not data=other.npz" in err and "Traceback" not in err
+
+
+def test_cli_ranks_fixed_width_placements(synthetic_npz, tmp_path, capsys):
+    import pandas as pd
+
+    from nas.cli import main
+
+    out = tmp_path / "mix"
+    args = ["supernet-mixture", "--blocks", "3", "--pools", "1", "--base-width", "4", "--widths", "fixed",
+            "--models", "1", "--epochs", "0.2", "--data", str(synthetic_npz), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    ranking = pd.read_csv(out / "placement_ranking_M1.csv")
+    space = PlacementSpace(blocks=3, pools=1, base_width=4, widths_rule="fixed")
+    assert sorted(ranking["macs"]) == sorted(space.macs(p) for p in space.placements)
+    assert ranking["macs"].nunique() == 3
+    capsys.readouterr()
+    assert main(args[:-1] + ["--widths", "doubling", "--quiet"]) == 2  # not the space this folder trained
+    assert "widths_rule" in capsys.readouterr().err
 
 
 def test_mixture_checkpoint_from_before_settings_still_resumes(synthetic_npz, tmp_path):
