@@ -4,7 +4,9 @@
     # where a GPU is lent: trainings and mixtures side by side on it, no Ray
     python benchmarks/pooling_mixture.py --train-device cuda --procs 10 --standalone-seeds 0,1,2 ...
 
-Narrowed: widths 8/16/32 by default (half of ResNet20's 16/32/64; --base-width 16 for ResNet20's). Shortened:
+Narrowed: widths 8/16/32 by default (half of ResNet20's 16/32/64; --base-width 16 for ResNet20's); --widths fixed
+keeps each block at its width wherever the pools sit (the paper's search), doubling (the default) doubles the
+width after each pool. Shortened:
 every placement trained standalone for a few epochs with one recipe, once per --standalone-seeds seed (the
 ground truth is the mean over seeds); supernets for a dozen epochs. For M = 1 and M = 4: Kendall tau between
 the supernet-estimated and the standalone accuracy over all 36 placements, the standalone accuracy of the
@@ -39,7 +41,7 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
 
 def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
                  device: str = "cpu", score_extra: str | None = None, threads: int | None = None,
-                 rule: str = "best"):
+                 rule: str = "best", seed: int = 0):
     """Train one balanced mixture of M supernets and rank every placement with it. The ranking and its
     figures are kept beside the checkpoint, so a rerun (or a run elsewhere, e.g. on a lent GPU) reuses them."""
     import torch
@@ -50,7 +52,7 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
     if threads:
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
-    cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup)
+    cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup, seed=seed)
     tag = f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
     # with one model the two scoring rules are the same; earlier summaries of M > 1 used "assigned"
     rule_tag = "_best" if rule == "best" and M > 1 else ""
@@ -259,7 +261,9 @@ def main() -> None:
         if len(truth["pooled"]) > 1:
             gt_summary["pooled"]["repeat_ceiling_tau"] = repeat_ceiling_tau(per_seed(truth["pooled"]))
     figures = {"device": device_name(a.device),
-               "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64)"},
+               "space": {**space_kw, "placements": len(space.placements), "narrowed": f"widths {a.base_width}/{2 * a.base_width}/{4 * a.base_width} (ResNet20: 16/32/64), "
+                                     + ("each block's fixed by its position, as in the paper" if a.widths == "fixed"
+                                        else "doubling after each pool")},
                "recipe": {"standalone_epochs": a.standalone_epochs, "standalone_seeds": truth["seeds"],
                           "mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
                           "data": a.data, "data_sha256": data_sha256(a.data), "subset": a.subset,
@@ -267,7 +271,11 @@ def main() -> None:
                           "scoring": a.scoring},
                "default": default, "default_standalone_accuracy": gt[default],
                "brute_force_best": best_name, "brute_force_best_accuracy": gt[best_name],
+               # this invocation only (results reused from an earlier one cost nothing here); the trainings
+               # themselves: their own seconds, summed over every standalone record in the ground truth
                "standalone_accuracy": gt, "wall_time_s": wall,
+               "standalone_seconds_total": sum(r.get("seconds", 0.0) for r in mine(load_jsonl(gt_path))
+                                               if int(r.get("seed", 0)) in truth["seeds"]),
                # doubling widths: MACs are about equal for every placement and parameters are not; fixed widths:
                # the other way round (a constant ranks nothing: tau is NaN, written as null)
                **{f"{cost}_baseline_tau": tau({space.name(p): float(getattr(space, cost)(p)) for p in space.placements}, gt)

@@ -1,6 +1,6 @@
 """How much does one mixture run's ranking vary? Train the placement benchmark's mixtures again (same recipe,
-another run: here, another machine) and score them against the ground truth already in
-``benchmarks/results/pooling_mixture.json`` (no standalone training), with the shipped scoring rule and a few
+another run: another machine, or --mixture-seed) and score them against the ground truth already in
+``benchmarks/results/pooling_mixture.json`` or --truth (no standalone training), with the shipped scoring rule and a few
 others computed from the same evaluations (per-model accuracies, the final assignment P and the moving
 averages W).
 
@@ -53,34 +53,38 @@ def main() -> None:
     ap.add_argument("--models", default="1,4")
     ap.add_argument("--mixture-epochs", type=float, default=24.0)
     ap.add_argument("--mixture-warmup", type=float, default=12.0)
+    ap.add_argument("--mixture-seed", type=int, default=0,
+                    help="the mixtures' seed (0, as the first run: the same run again, only the machine differs)")
     ap.add_argument("--procs", type=int, default=0, help="mixtures side by side in processes (one core each)")
     ap.add_argument("--out", default="runs/pooling_repeat")
     ap.add_argument("--result-name", default="pooling_mixture_repeat")
     a = ap.parse_args()
     first = json.loads(Path(a.truth).read_text())
     space_kw = {k: first["space"][k] for k in ("blocks", "pools", "base_width", "num_classes")}
+    space_kw["widths_rule"] = first["space"].get("widths_rule", "doubling")  # results from before the choice
     space = PlacementSpace(**space_kw)
     order = [space.name(p) for p in space.placements]
-    gt, pooled = first["standalone_accuracy"], first["ground_truth"]["pooled"]["standalone_accuracy"]
+    gt = first["standalone_accuracy"]
+    pooled = first["ground_truth"].get("pooled", {}).get("standalone_accuracy")  # with --score-extra only
     Path(a.out).mkdir(parents=True, exist_ok=True)
     models = [int(m) for m in a.models.split(",")]
     args = {M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, None, a.out, "cpu", None,
-                1 if a.procs else None, "best") for M in models}
+                1 if a.procs else None, "best", a.mixture_seed) for M in models}
     runs = run_parallel_processes(a.procs, args, [], "") if a.procs else \
         {M: mixture_task(*x) for M, x in args.items()}
     figures = {"truth": a.truth, "data": a.data, "data_sha256": data_sha256(a.data),
                "recipe": {"mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
-                          "space": space_kw}}
+                          "space": space_kw, "mixture_seed": a.mixture_seed}}
     for M in models:
         ranking, info = runs[M]
-        cfg = MixtureConfig(models=M, epochs=a.mixture_epochs, warmup_epochs=a.mixture_warmup)
+        cfg = MixtureConfig(models=M, epochs=a.mixture_epochs, warmup_epochs=a.mixture_warmup, seed=a.mixture_seed)
         ckpt = Path(a.out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # as mixture_task
         extra = json.loads(read_torch(ckpt, "mixture checkpoint")["extra"])  # the final W and assignment P
         per_rule = {}
         for rule, score in rules(ranking, np.array(extra["P"]), np.array(extra["W"]), order).items():
             chosen = max(score, key=score.get)
-            per_rule[rule] = {"kendall_tau": tau(score, gt), "kendall_tau_vs_pooled_gt": tau(score, pooled),
-                              "chosen": chosen, "chosen_standalone_accuracy": gt[chosen]}
+            per_rule[rule] = {"kendall_tau": tau(score, gt), "chosen": chosen, "chosen_standalone_accuracy": gt[chosen],
+                              **({"kendall_tau_vs_pooled_gt": tau(score, pooled)} if pooled else {})}
         was = first.get(f"M{M}", {})
         figures[f"M{M}"] = {**info, "rules": per_rule,
                             "first_run": {k: was.get(k) for k in ("kendall_tau", "kendall_tau_vs_pooled_gt", "chosen",
