@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--base-width", type=int, default=8)
     ap.add_argument("--widths", choices=WIDTH_RULES, default="doubling",
                     help="fixed: each block keeps ResNet20's width for its position, as in the paper; doubling: "
-                         "the width doubles after each pool (every placement about the same MACs)")
+                         "the width doubles after each pool (every placement the same MACs)")
     ap.add_argument("--standalone-epochs", type=float, default=4.0)
     ap.add_argument("--standalone-seeds", default="0",
                     help="train every placement standalone once per seed; the ground truth is their mean")
@@ -276,7 +276,7 @@ def main() -> None:
                "standalone_accuracy": gt, "wall_time_s": wall,
                "standalone_seconds_total": sum(r.get("seconds", 0.0) for r in mine(load_jsonl(gt_path))
                                                if int(r.get("seed", 0)) in truth["seeds"]),
-               # doubling widths: MACs are about equal for every placement and parameters are not; fixed widths:
+               # doubling widths: MACs are equal for every placement and parameters are not; fixed widths:
                # the other way round (a constant ranks nothing: tau is NaN, written as null)
                **{f"{cost}_baseline_tau": tau({space.name(p): float(getattr(space, cost)(p)) for p in space.placements}, gt)
                   for cost in ("params", "macs")},

@@ -411,8 +411,8 @@ def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "m
 def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/pooling", *, models: int = 4,
                      epochs: float = 20.0, warmup_epochs: float = 0.0, space: Optional[str] = None,
                      reference: Optional[str] = None, blocks: int = 9, pools: int = 2, base_width: int = 16,
-                     widths: str = "doubling", scoring: str = "best", subset: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
-                     quiet: bool = False) -> "pd.DataFrame":
+                     widths: str = "doubling", scoring: str = "best", subset: Optional[int] = None,
+                     train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "pd.DataFrame":
     """``nas supernet-mixture``: rank downsampling placements with a balanced mixture of ``models`` supernets
     (the ResNet20-like pooling space, its widths by ``widths``: ``doubling`` or ``fixed``, see
     :mod:`nas.pooling`; or ``space``'s own stride placements around ``reference``); the ranking is also
@@ -424,8 +424,8 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
         raise UserError("--reference", "fixes the other decisions of a --space", "add --space, or drop --reference")
     shape = {"blocks": blocks, "pools": pools, "base_width": base_width, "widths_rule": widths}
     if space and shape != {k: getattr(PlacementSpace, k) for k in shape}:  # not PlacementSpace's defaults
-        raise UserError("--blocks/--pools/--base-width/--widths", "shape the ResNet20-like pooling space, not a --space",
-                        "drop them, or drop --space")
+        raise UserError("--blocks/--pools/--base-width/--widths",
+                        "shape the ResNet20-like pooling space, not a --space", "drop them, or drop --space")
     if space:
         sspace = load_space(space)
         placements = StridePlacementSpace(sspace, sspace.parse_id(reference) if reference else None)

@@ -17,7 +17,7 @@ some of the blocks (C(9, 2) = 36 placements). Two width rules:
 * ``fixed`` (the paper's ResNet20 search): each block keeps ResNet20's width for its position (16, 16, 16,
   32, ... 64 at base width 16) wherever the pools sit, so a placement changes only resolution; every
   placement uses the same weights whole, and the cost grows the later the network pools.
-* ``doubling``: the width doubles after each pool, so every placement costs about the same MACs. Block
+* ``doubling``: the width doubles after each pool, so every placement costs the same MACs. Block
   weights are stored at their largest width and sliced, so placements also share weights across widths.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ class PlacementSpace:
 
     def params(self, placement: tuple[int, ...]) -> int:
         """Convolution and classifier weights (norms left out). With ``doubling`` widths they depend on where the
-        pools sit (every block after a pool is twice as wide), and MACs hardly do; with ``fixed`` widths it is
+        pools sit (every block after a pool is twice as wide) and MACs do not; with ``fixed`` widths it is
         the other way round."""
         cin, total = self.base_width, 3 * self.base_width * 9
         for w in self.widths(placement):
