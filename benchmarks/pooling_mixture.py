@@ -220,7 +220,8 @@ def main() -> None:
             append_jsonl(gt_path, [standalone_task(*args)])
         runs = {M: mixture_task(*args) for M, args in mixture_args.items()}
     wall = time.time() - t0
-    truth = ground_truth(mine(load_jsonl(gt_path)), names, seeds)
+    records = mine(load_jsonl(gt_path))
+    truth = ground_truth(records, names, seeds)
     gt = truth["mean"]
 
     results = {}
@@ -274,7 +275,7 @@ def main() -> None:
                # this invocation only (results reused from an earlier one cost nothing here); the trainings
                # themselves: their own seconds, summed over every standalone record in the ground truth
                "standalone_accuracy": gt, "wall_time_s": wall,
-               "standalone_seconds_total": sum(r.get("seconds", 0.0) for r in mine(load_jsonl(gt_path))
+               "standalone_seconds_total": sum(r.get("seconds", 0.0) for r in records
                                                if int(r.get("seed", 0)) in truth["seeds"]),
                # doubling widths: MACs are equal for every placement and parameters are not; fixed widths:
                # the other way round (a constant ranks nothing: tau is NaN, written as null)
