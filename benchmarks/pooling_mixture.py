@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import json
 import os
 import time
 from dataclasses import asdict
@@ -191,6 +192,9 @@ def main() -> None:
     ap.add_argument("--score-extra", help="an archive of further held-out images (used by neither the mixtures "
                                           "nor the ground truth's training): placements are also scored on these, "
                                           "by the supernets and by the standalone networks trained from now on")
+    ap.add_argument("--compare-truth", help="an earlier result file of this benchmark on the same space (e.g. a "
+                                            "shorter standalone recipe): the supernets are also ranked against its "
+                                            "ground truth, and the two ground truths against each other")
     a = ap.parse_args()
     a.device = resolve_device(a.device)  # a typo fails here, not deep inside the first training
     space = PlacementSpace(base_width=a.base_width, widths_rule=a.widths)
@@ -232,8 +236,9 @@ def main() -> None:
         chosen = ranking.iloc[0]["placement"]
         extra_images = info.pop("extra_images", None)
         test_images = info.pop("test_images")
+        # the estimates themselves too, so that a later ground truth can be compared without retraining
         results[f"M{M}"] = {"kendall_tau": tau(supernet, gt), "chosen": chosen, "chosen_standalone_accuracy": gt[chosen],
-                            **info}
+                            **info, "supernet_accuracy": supernet}
         if "pooled_mean" in truth:  # validation images for the supernets, test + extra for the ground truth
             results[f"M{M}"]["kendall_tau_vs_pooled_gt"] = tau(supernet, truth["pooled_mean"])
         if "pooled_accuracy" in ranking:
@@ -288,7 +293,27 @@ def main() -> None:
                          "M4_tau_at_least_0.6": results.get("M4", {}).get("kendall_tau", 0) >= 0.6,
                          "chosen_beats_default": results.get("M4", {}).get("chosen_standalone_accuracy", 0) > gt[default]},
                "paper": PAPER}
+    if a.compare_truth:
+        figures["compared_truth"] = compare_truth(a.compare_truth, space_kw, gt, results, default)
     write_result(a.result_name, figures)
+
+
+def compare_truth(path: str, space_kw: dict, gt: dict, results: dict, default: str) -> dict:
+    """The same supernet estimates ranked against another result file's ground truth."""
+    from nas.io import read_json
+
+    other = read_json(path)
+    their_space = {k: v for k, v in other["space"].items() if k in space_kw}
+    if their_space != json.loads(json.dumps(space_kw)):  # tuples as JSON has them
+        raise UserError(path, "its ground truth was trained on another placement space",
+                        "compare with a result of the same --base-width and --widths")
+    truth = other["standalone_accuracy"]
+    return {"source": path, "standalone_epochs": other["recipe"]["standalone_epochs"],
+            "standalone_seeds": other["recipe"]["standalone_seeds"],
+            "tau_between_truths": tau(gt, truth), "default_standalone_accuracy": truth[default],
+            "brute_force_best": max(truth, key=truth.get),
+            **{M: {"kendall_tau": tau(r["supernet_accuracy"], truth),
+                   "chosen_standalone_accuracy": truth[r["chosen"]]} for M, r in results.items()}}
 
 
 if __name__ == "__main__":
