@@ -87,6 +87,7 @@ def main() -> None:
                               **({"kendall_tau_vs_pooled_gt": tau(score, pooled)} if pooled else {})}
         was = first.get(f"M{M}", {})
         figures[f"M{M}"] = {**info, "rules": per_rule,
+                            "supernet_accuracy": dict(zip(ranking["placement"], ranking["supernet_accuracy"])),
                             "first_run": {k: was.get(k) for k in ("kendall_tau", "kendall_tau_vs_pooled_gt", "chosen",
                                                                   "mean_supernet_val_accuracy")},
                             "first_run_machine": first["machine"]["cpu_model"]}
