@@ -164,6 +164,26 @@ def run_with_ray(workers: int, mixture_args: dict, standalone_args: list, gt_pat
         return dict(zip(mixture_args, ray.get([task.remote(*args) for args in mixture_args.values()])))
 
 
+def compare_truth(path: str, space_kw: dict, data_sha: str, gt: dict, results: dict, default: str) -> dict:
+    """The same supernet estimates ranked against another result file's ground truth."""
+    from nas.io import read_json
+
+    other = read_json(path)
+    if other["recipe"].get("data_sha256") not in (None, data_sha):
+        raise UserError(path, "its ground truth was trained on other data", "compare with a result of the same --data")
+    their_space = {k: v for k, v in other["space"].items() if k in space_kw}
+    if their_space != json.loads(json.dumps(space_kw)):  # tuples as JSON has them
+        raise UserError(path, "its ground truth was trained on another placement space",
+                        "compare with a result of the same --base-width and --widths")
+    truth = other["standalone_accuracy"]
+    return {"source": path, "standalone_epochs": other["recipe"]["standalone_epochs"],
+            "standalone_seeds": other["recipe"]["standalone_seeds"],
+            "tau_between_truths": tau(gt, truth), "default_standalone_accuracy": truth[default],
+            "brute_force_best": max(truth, key=truth.get),
+            **{M: {"kendall_tau": tau(r["supernet_accuracy"], truth),
+                   "chosen_standalone_accuracy": truth[r["chosen"]]} for M, r in results.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
@@ -294,26 +314,9 @@ def main() -> None:
                          "chosen_beats_default": results.get("M4", {}).get("chosen_standalone_accuracy", 0) > gt[default]},
                "paper": PAPER}
     if a.compare_truth:
-        figures["compared_truth"] = compare_truth(a.compare_truth, space_kw, gt, results, default)
+        figures["compared_truth"] = compare_truth(a.compare_truth, space_kw, figures["recipe"]["data_sha256"], gt, results,
+                                                   default)
     write_result(a.result_name, figures)
-
-
-def compare_truth(path: str, space_kw: dict, gt: dict, results: dict, default: str) -> dict:
-    """The same supernet estimates ranked against another result file's ground truth."""
-    from nas.io import read_json
-
-    other = read_json(path)
-    their_space = {k: v for k, v in other["space"].items() if k in space_kw}
-    if their_space != json.loads(json.dumps(space_kw)):  # tuples as JSON has them
-        raise UserError(path, "its ground truth was trained on another placement space",
-                        "compare with a result of the same --base-width and --widths")
-    truth = other["standalone_accuracy"]
-    return {"source": path, "standalone_epochs": other["recipe"]["standalone_epochs"],
-            "standalone_seeds": other["recipe"]["standalone_seeds"],
-            "tau_between_truths": tau(gt, truth), "default_standalone_accuracy": truth[default],
-            "brute_force_best": max(truth, key=truth.get),
-            **{M: {"kendall_tau": tau(r["supernet_accuracy"], truth),
-                   "chosen_standalone_accuracy": truth[r["chosen"]]} for M, r in results.items()}}
 
 
 if __name__ == "__main__":
