@@ -40,6 +40,18 @@ PAPER = {"resnet20_cifar10_full": {"default_433": 90.52, "spos": 90.34, "mixture
          "kendall_tau_from_published_table": {"M1": 0.14, "M2": 0.31, "M4": 0.60, "M8": 0.53}}
 
 
+def mixture_tag(cfg: MixtureConfig) -> str:
+    """The file stem of one mixture's checkpoint and summary in --out (the config's hash)."""
+    return f"mixture_M{cfg.models}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
+
+
+def result_space(result: dict) -> dict:
+    """The PlacementSpace keywords a result file of this benchmark was made with."""
+    space_kw = {k: result["space"][k] for k in ("blocks", "pools", "base_width", "num_classes")}
+    space_kw["widths_rule"] = result["space"].get("widths_rule", "doubling")  # results from before the choice
+    return space_kw
+
+
 def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: float, subset, out: str,
                  device: str = "cpu", score_extra: str | None = None, threads: int | None = None,
                  rule: str = "best", seed: int = 0):
@@ -54,7 +66,7 @@ def mixture_task(space_kw: dict, M: int, data_path: str, epochs: float, warmup: 
         torch.set_num_threads(threads)
     space = PlacementSpace(**space_kw)
     cfg = MixtureConfig(models=M, epochs=epochs, warmup_epochs=warmup, seed=seed)
-    tag = f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}"
+    tag = mixture_tag(cfg)
     # with one model the two scoring rules are the same; earlier summaries of M > 1 used "assigned"
     rule_tag = "_best" if rule == "best" and M > 1 else ""
     summary = Path(out) / f"{tag}{rule_tag}{'_extra' if score_extra else ''}.json"
@@ -171,8 +183,7 @@ def compare_truth(path: str, space_kw: dict, data_sha: str, gt: dict, results: d
     other = read_json(path)
     if other["recipe"].get("data_sha256") not in (None, data_sha):
         raise UserError(path, "its ground truth was trained on other data", "compare with a result of the same --data")
-    their_space = {k: v for k, v in other["space"].items() if k in space_kw}
-    if their_space != json.loads(json.dumps(space_kw)):  # tuples as JSON has them
+    if result_space(other) != json.loads(json.dumps(space_kw)):  # tuples as JSON has them
         raise UserError(path, "its ground truth was trained on another placement space",
                         "compare with a result of the same --base-width and --widths")
     truth = other["standalone_accuracy"]

@@ -13,13 +13,12 @@ truth and the pooled one, the chosen placement and its standalone accuracy; and 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, data_sha256, write_result
-from pooling_mixture import mixture_task, run_parallel_processes, tau
+from pooling_mixture import mixture_tag, mixture_task, result_space, run_parallel_processes, tau
 
 from nas.io import read_torch
 from nas.pooling import MixtureConfig, PlacementSpace
@@ -60,8 +59,7 @@ def main() -> None:
     ap.add_argument("--result-name", default="pooling_mixture_repeat")
     a = ap.parse_args()
     first = json.loads(Path(a.truth).read_text())
-    space_kw = {k: first["space"][k] for k in ("blocks", "pools", "base_width", "num_classes")}
-    space_kw["widths_rule"] = first["space"].get("widths_rule", "doubling")  # results from before the choice
+    space_kw = result_space(first)
     space = PlacementSpace(**space_kw)
     order = [space.name(p) for p in space.placements]
     gt = first["standalone_accuracy"]
@@ -78,7 +76,7 @@ def main() -> None:
     for M in models:
         ranking, info = runs[M]
         cfg = MixtureConfig(models=M, epochs=a.mixture_epochs, warmup_epochs=a.mixture_warmup, seed=a.mixture_seed)
-        ckpt = Path(a.out) / f"mixture_M{M}_{hashlib.sha256(repr(cfg).encode()).hexdigest()[:8]}.ckpt"  # as mixture_task
+        ckpt = Path(a.out) / f"{mixture_tag(cfg)}.ckpt"
         extra = json.loads(read_torch(ckpt, "mixture checkpoint")["extra"])  # the final W and assignment P
         per_rule = {}
         for rule, score in rules(ranking, np.array(extra["P"]), np.array(extra["W"]), order).items():
