@@ -262,7 +262,9 @@ def main() -> None:
     results = {}
     for M, (ranking, info) in runs.items():
         ranking["standalone_accuracy"] = ranking["placement"].map(gt)
-        ranking.to_csv(f"{a.out}/ranking_M{M}.csv", index=False)
+        # named like the mixture's checkpoint: runs with other mixture settings in the same --out keep theirs
+        tag = mixture_tag(MixtureConfig(models=M, epochs=a.mixture_epochs, warmup_epochs=a.mixture_warmup))
+        ranking.to_csv(f"{a.out}/{tag}_ranking.csv", index=False)
         supernet = dict(zip(ranking["placement"], ranking["supernet_accuracy"]))
         chosen = ranking.iloc[0]["placement"]
         extra_images = info.pop("extra_images", None)
