@@ -28,6 +28,8 @@ def rules(ranking, P: np.ndarray, W: np.ndarray, order: list[str]) -> dict[str, 
     """Each rule: placement -> score. ``ranking`` holds every model's accuracy on every placement."""
     names = list(ranking["placement"])
     scores = {"best (shipped)": dict(zip(names, ranking["supernet_accuracy"]))}
+    if "pooled_accuracy" in ranking:  # --score-extra: the best model's accuracy on validation + extra images
+        scores["best, validation + extra images"] = dict(zip(names, ranking["pooled_accuracy"]))
     M = P.shape[1]
     if M == 1:
         return scores
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--mixture-seed", type=int, default=0,
                     help="the mixtures' seed (0, as the first run: the same run again, only the machine differs)")
     ap.add_argument("--procs", type=int, default=0, help="mixtures side by side in processes (one core each)")
+    ap.add_argument("--score-extra", help="an archive of further held-out images: each placement's best model "
+                                          "(chosen on the validation split) is scored on these too")
     ap.add_argument("--out", default="runs/pooling_repeat")
     ap.add_argument("--result-name", default="pooling_mixture_repeat")
     a = ap.parse_args()
@@ -66,11 +70,11 @@ def main() -> None:
     pooled = first["ground_truth"].get("pooled", {}).get("standalone_accuracy")  # with --score-extra only
     Path(a.out).mkdir(parents=True, exist_ok=True)
     models = [int(m) for m in a.models.split(",")]
-    args = {M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, None, a.out, "cpu", None,
+    args = {M: (space_kw, M, a.data, a.mixture_epochs, a.mixture_warmup, None, a.out, "cpu", a.score_extra,
                 1 if a.procs else None, "best", a.mixture_seed) for M in models}
     runs = run_parallel_processes(a.procs, args, [], "") if a.procs else \
         {M: mixture_task(*x) for M, x in args.items()}
-    figures = {"truth": a.truth, "data": a.data, "data_sha256": data_sha256(a.data),
+    figures = {"truth": a.truth, "data": a.data, "data_sha256": data_sha256(a.data), "score_extra": a.score_extra,
                "recipe": {"mixture_epochs": a.mixture_epochs, "mixture_warmup_epochs": a.mixture_warmup,
                           "space": space_kw, "mixture_seed": a.mixture_seed}}
     for M in models:
