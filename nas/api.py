@@ -412,16 +412,20 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
                      epochs: float = 20.0, warmup_epochs: float = 0.0, space: Optional[str] = None,
                      reference: Optional[str] = None, blocks: int = 9, pools: int = 2, base_width: int = 16,
                      widths: str = "doubling", scoring: str = "best", subset: Optional[int] = None,
-                     train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> "pd.DataFrame":
+                     val_size: Optional[int] = None, train_device: str = "cpu", seed: int = 0,
+                     quiet: bool = False) -> "pd.DataFrame":
     """``nas supernet-mixture``: rank downsampling placements with a balanced mixture of ``models`` supernets
     (the ResNet20-like pooling space, its widths by ``widths``: ``doubling`` or ``fixed``, see
     :mod:`nas.pooling`; or ``space``'s own stride placements around ``reference``); the ranking is also
-    ``<out>/placement_ranking_M<models>.csv``."""
+    ``<out>/placement_ranking_M<models>.csv``. ``val_size``: validation images to score placements on (taken
+    out of the training set; default 5,000, at most a quarter of it)."""
     from .pooling import MixtureConfig, PlacementSpace, StridePlacementSpace, run_mixture
 
     device = _train_device(train_device)
     if reference and not space:
         raise UserError("--reference", "fixes the other decisions of a --space", "add --space, or drop --reference")
+    if val_size is not None and val_size < 1:
+        raise UserError("--val-size", f"{val_size} leaves no images to score placements on", "give a positive number")
     shape = {"blocks": blocks, "pools": pools, "base_width": base_width, "widths_rule": widths}
     if space and shape != {k: getattr(PlacementSpace, k) for k in shape}:  # not PlacementSpace's defaults
         raise UserError("--blocks/--pools/--base-width/--widths",
@@ -432,7 +436,7 @@ def supernet_mixture(data: str | Path = CIFAR_ARCHIVE, out: str | Path = "runs/p
     else:
         placements = PlacementSpace(**shape)
     cfg = MixtureConfig(models=models, epochs=epochs, seed=seed, warmup_epochs=warmup_epochs)
-    return run_mixture(placements, data, out, cfg, subset, quiet, device, scoring)
+    return run_mixture(placements, data, out, cfg, subset, quiet, device, scoring, val_size)
 
 
 # ---------------------------------------------------------------------- export

@@ -418,6 +418,9 @@ def _supernet_mixture_parser(sub: argparse._SubParsersAction) -> None:
                          "resolution (the paper's search); doubling: the width doubles after each pool")
     sp.add_argument("--data", default="../shared/data/cifar10.npz")
     sp.add_argument("--subset", type=int, default=None)
+    sp.add_argument("--val-size", type=int, default=None,
+                    help="validation images, out of the training set, that every placement is scored on (default "
+                         "5000, at most a quarter of it): the ranking's noise shrinks as they grow")
     sp.add_argument("--out", default="runs/pooling")
     sp.add_argument("--scoring", choices=["best", "assigned"], default="best",
                     help="score a placement by its best model (M evaluations each), or only by the model its "

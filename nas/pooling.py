@@ -493,23 +493,26 @@ def _check_rule(rule: str) -> None:
 
 def run_mixture(space: AnyPlacementSpace, data_path: str | Path, out_dir: str | Path, cfg: MixtureConfig,
                 subset: Optional[int] = None, quiet: bool = False, device: str = "cpu",
-                rule: str = "best") -> pd.DataFrame:
+                rule: str = "best", val_size: Optional[int] = None) -> pd.DataFrame:
     """Train the mixture on ``device``, write the placement ranking (CSV; ``rule``: see
-    :func:`score_placements`) and a summary."""
+    :func:`score_placements`) and a summary. ``val_size``: validation images taken out of the training set
+    (default: :func:`nas.data.load_data`'s); every placement is scored on all of them, so more images give a
+    steadier ranking."""
     from .data import load_data
 
     _check_rule(rule)  # before the training, not after it
     out = Path(out_dir)
     data = load_data(data_path, seed=cfg.seed, batch_size=cfg.batch_size, subset=subset, device=device,
-                     input_size=space.input_size)
+                     input_size=space.input_size, val_size=val_size)
     space = fit_to_data(space, data, data_path)
     res = train_mixture(space, data, cfg, device=device, quiet=quiet, checkpoint=out / f"mixture_M{cfg.models}.ckpt",
-                        data_id={"data": Path(data_path).name, "subset": subset})
+                        data_id={"data": Path(data_path).name, "subset": subset,
+                                 **({"val_size": val_size} if val_size is not None else {})})
     ranking = score_placements(space, res, data, rule=rule)
     write_csv(out / f"placement_ranking_M{cfg.models}.csv", ranking)
     write_json(out / f"mixture_M{cfg.models}.json", {"config": asdict(cfg), "space": space.describe(),
                                                       "seconds": res["seconds"], "device": device,
-                                                      "scoring": rule,
+                                                      "scoring": rule, "val_images": len(data.val.y),
                                                       "W": res["W"].tolist(),
                                                       "assignment": res["P"].tolist(),
                                                       "best": ranking.iloc[0].to_dict()})

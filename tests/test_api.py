@@ -41,6 +41,8 @@ def test_api_errors_are_user_errors(tmp_path):
         api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", space="mobilenetv3_cifar_placement", pools=3)
     with pytest.raises(UserError, match="--scoring: unknown rule 'worst'"):  # before any data or training
         api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", scoring="worst")
+    with pytest.raises(UserError, match="--val-size: 0 leaves no images"):
+        api.supernet_mixture(tmp_path / "none.npz", tmp_path / "m", val_size=0)
     assert not (tmp_path / "m").exists()
 
 

@@ -296,6 +296,21 @@ def test_cli_ranks_fixed_width_placements(synthetic_npz, tmp_path, capsys):
     assert "widths_rule" in capsys.readouterr().err
 
 
+def test_cli_scores_placements_on_val_size_images(synthetic_npz, tmp_path, capsys):
+    from nas.cli import main
+    from nas.io import read_json
+
+    out = tmp_path / "mix"
+    args = ["supernet-mixture", "--blocks", "3", "--pools", "1", "--base-width", "4", "--models", "1",
+            "--epochs", "0.2", "--data", str(synthetic_npz), "--out", str(out), "--quiet"]
+    assert main(args + ["--val-size", "200"]) == 0
+    assert read_json(out / "mixture_M1.json")["val_images"] == 200
+    capsys.readouterr()
+    assert main(args + ["--val-size", "100"]) == 2  # other validation images: not the run this checkpoint holds
+    err = capsys.readouterr().err
+    assert "val_size" in err and "Traceback" not in err
+
+
 def test_mixture_checkpoint_from_before_settings_still_resumes(synthetic_npz, tmp_path):
     """Checkpoints written before the settings were recorded carry only the old fingerprint."""
     import json
