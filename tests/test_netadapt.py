@@ -19,7 +19,7 @@ def mini_table(mini_space, tmp_path_factory):
     measured = profile(mini_space, "cpu-ort-1t", out_root=tmp_path_factory.mktemp("t"), protocol=FAST, quiet=True)
     rows = measured.rows.copy()
     work = ((rows["cin"] + rows["cout"]) * (rows["hin"] / rows["stride"]) ** 2 * rows["depth"] * rows["kernel"] ** 2
-            * rows["expansion"].clip(lower=1) * (1 + 0.1 * rows["se"].astype(str).str.lower().eq("true")))
+            * rows["expansion"].clip(lower=1) * (1 + 0.1 * rows["se"].astype(bool)))
     rows["median_ms"] = 0.001 + 1e-8 * work
     meta = {k: v for k, v in measured.meta.items() if k not in ("correction", "validation")}
     return LatencyTable(rows, meta, measured.path).bind(mini_space)
