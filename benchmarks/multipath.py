@@ -3,8 +3,13 @@ network, plus the domain prioritisation rule against round-robin.
 
     python benchmarks/multipath.py --workers 2
 
-All compared models train from scratch with the same recipe (the same steps per domain), so the comparison
-is structural: what sharing nodes costs or gains. Writes benchmarks/results/multipath.json.
+``--init supernet`` (the default, as ``nas multipath`` itself works): the multi-path, round-robin and fully
+shared joint models start from their search's supernet and are retrained for ``--retrain-epochs``; the
+single-domain networks train alone from scratch for the same number of steps per domain as the multi-path
+model had in all (its domain's search steps plus the retraining), so each method gets the same training budget
+and the single-domain networks see no other domain. ``--init scratch``: every model trains from scratch with
+the same retraining recipe (the same steps per domain), so the comparison is structural: what sharing nodes
+costs or gains. Writes benchmarks/results/multipath.json.
 """
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ import numpy as np
 from _common import ROOT, data_sha256, write_result
 
 from nas.blocks import build_model, count_params
-from nas.multipath import (MultipathConfig, evaluate_joint, load_domains, parse_domains, search_paths,
-                           select_sharing, train_joint, unique_costs)
+from nas.multipath import (MultipathConfig, build_joint, evaluate_joint, load_domains, parse_domains,
+                           search_paths, select_sharing, train_joint, unique_costs)
 from nas.space import SearchSpace
 from nas.train import resolve_device
 
@@ -35,10 +40,11 @@ def beyond_seed_noise(diff: dict) -> bool:
 
 
 def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None,
-                  device: str = "cpu"):
+                  device: str = "cpu", supernet: str | None = None, epochs: dict[str, float] | None = None):
+    """Train one compared model and score it on the test splits. ``supernet``: the joint model starts from that
+    search supernet's weights (as ``nas multipath`` does); ``epochs``: a single-domain network's own training
+    length per domain (default ``cfg.retrain_epochs``)."""
     import torch
-
-    from nas.multipath import JointModel as JM
 
     if threads:
         torch.set_num_threads(threads)
@@ -51,13 +57,14 @@ def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: Multi
     if kind == "single":
         out = {}
         for d in data:
-            model = JM(space, {d: paths[d]}, {d: classes[d]}).to(device)
-            train_joint(model, {d: data[d]}, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
+            model = build_joint(space, {d: paths[d]}, {d: classes[d]}).to(device)
+            train_joint(model, {d: data[d]}, (epochs or {}).get(d, cfg.retrain_epochs), cfg.retrain_lr, cfg.seed)
             out[d] = evaluate_joint(model, {d: data[d]})[d]
         costs = [unique_costs(space, {d: paths[d]}, {d: classes[d]}) for d in data]
         return {"accuracy": out, "unique_params": sum(c["unique_params"] for c in costs),
                 "unique_macs": sum(c["unique_macs"] for c in costs), "seconds": time.time() - t0}
-    model = JM(space, paths, classes).to(device)  # multipath; "shared" passes the same arch for every domain
+    # multipath; "shared" passes the same arch for every domain
+    model = build_joint(space, paths, classes, supernet).to(device)
     train_joint(model, data, cfg.retrain_epochs, cfg.retrain_lr, cfg.seed)
     acc = evaluate_joint(model, data)
     c = unique_costs(space, paths, classes)
@@ -82,6 +89,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--train-device", default="cpu", help="torch device of every training (cpu, cuda, ...)")
     ap.add_argument("--subset", type=int, default=None)
+    ap.add_argument("--init", choices=("supernet", "scratch"), default="supernet",
+                    help="joint models start from the search supernet (as nas multipath does) or from scratch")
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
     ap.add_argument("--result-name", default="multipath")
     a = ap.parse_args()
@@ -92,27 +101,39 @@ def main() -> None:
                           select_epochs=a.select_epochs)
     found = {}
     for rule in ("lagging", "round_robin"):
-        data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset, device)
+        data = load_domains(specs, space, cfg.batch_size, cfg.seed, a.subset, device)  # fresh loader positions
         r = search_paths(space, data, replace(cfg, prioritise=rule), f"{a.out}/{rule}", device=device)
         found[rule] = {"paths": {d: p.id for d, p in r["paths"].items()}, "counts": r["counts"],
                        "seconds": r["seconds"]}
         print(rule, found[rule]["paths"], r["counts"])
     paths = found["lagging"]["paths"]
     biggest = max(paths.values(), key=lambda i: count_params(build_model(space.parse_id(i))))
-    jobs = {"multipath": ("joint", paths), "round_robin": ("joint", found["round_robin"]["paths"]),
-            "single_domain": ("single", paths), "shared": ("joint", {d: biggest for d in paths})}
+    supernet = {rule: f"{a.out}/{rule}/supernet.pt" if a.init == "supernet" else None for rule in found}
+    single_epochs = None
+    if a.init == "supernet":  # the multi-path model's steps per domain: its search's and its retraining's
+        retrain_steps = int(cfg.retrain_epochs * min(len(data[d].train) for d in data))
+        single_epochs = {d: (retrain_steps + found["lagging"]["counts"].get(d, 0) + 0.5) / len(data[d].train)
+                         for d in data}
+    # name -> (kind, paths, supernet file the joint model starts from, single-domain epochs)
+    jobs = {"multipath": ("joint", paths, supernet["lagging"], None),
+            "round_robin": ("joint", found["round_robin"]["paths"], supernet["round_robin"], None),
+            "single_domain": ("single", paths, None, single_epochs),
+            "shared": ("joint", {d: biggest for d in paths}, supernet["lagging"], None)}
     selection = None
     if a.select_epochs > 0:
         t0 = time.time()
         sel = select_sharing(space, specs, {d: space.parse_id(i) for d, i in paths.items()}, cfg,
-                             f"{a.out}/lagging", a.subset, a.workers, device=device)
+                             f"{a.out}/lagging", a.subset, a.workers, init=a.init, device=device)
         selected = {d: p.id for d, p in sel["paths"].items()}
         selection = {"candidates": sel["candidates"], "chosen": selected, "seconds": time.time() - t0}
         print("selected", selected)
         jobs["multipath_controllers"] = jobs["multipath"]
-        jobs["multipath"] = ("joint", selected)
+        jobs["multipath"] = ("joint", selected, supernet["lagging"], None)
     seeds = list(range(a.retrain_seeds))
-    args = lambda kind, p, seed: (kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset)  # noqa: E731
+
+    def args(job: tuple, seed: int) -> tuple:
+        kind, p, _, _ = job
+        return kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset
     if a.workers > 0:
         import ray
 
@@ -120,11 +141,12 @@ def main() -> None:
 
         with ray_session(a.workers):
             task = ray.remote(max_retries=1, **training_task_options(device, a.workers))(train_variant)
-            refs = {(k, s): task.remote(*args(kind, p, s), 1, device_in_task(device))
-                    for s in seeds for k, (kind, p) in jobs.items()}
+            refs = {(k, s): task.remote(*args(job, s), 1, device_in_task(device), job[2], job[3])
+                    for s in seeds for k, job in jobs.items()}
             runs = {key: ray.get(ref) for key, ref in refs.items()}
     else:
-        runs = {(k, s): train_variant(*args(kind, p, s), device=device) for s in seeds for k, (kind, p) in jobs.items()}
+        runs = {(k, s): train_variant(*args(job, s), device=device, supernet=job[2], epochs=job[3])
+                for s in seeds for k, job in jobs.items()}
     results = {}
     for k in jobs:
         per_seed = [runs[(k, s)] for s in seeds]
@@ -153,7 +175,8 @@ def main() -> None:
                   "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"],
                   "more_accurate_than_shared_beyond_seed_noise": beyond_seed_noise(vs_shared)},
         "multipath_minus_shared": vs_shared,
-        "retrain_seeds": seeds,
+        "retrain_seeds": seeds, "init": a.init,
+        "single_domain_epochs": single_epochs or {d: cfg.retrain_epochs for d in paths},
         **({"selection": selection, "multipath_controllers": results["multipath_controllers"]} if selection else {}),
         "config": asdict(cfg), "train_device": device,
         "search_seconds": {k: v["seconds"] for k, v in found.items()}}

@@ -382,12 +382,7 @@ def proxy_accuracy(space: SearchSpace, data: dict[str, Any], paths: dict[str, Ar
     """Train the joint model of ``paths`` for ``cfg.select_epochs`` (from scratch, or from the weights of the
     ``supernet`` file, as the final retraining starts); validation accuracy per domain."""
     torch.manual_seed(cfg.seed)
-    classes = {d: data[d].num_classes for d in paths}
-    model = JointModel(space, paths, classes)
-    if supernet is not None:
-        net = MultiPathSupernet(space, classes)
-        net.load_state_dict(read_torch(supernet, "search supernet", fix="run nas multipath again to write it"))
-        model.load_from_supernet(net)
+    model = build_joint(space, paths, {d: data[d].num_classes for d in paths}, supernet)
     train_joint(model.to(device), data, cfg.select_epochs, cfg.retrain_lr, cfg.seed)
     return evaluate_joint(model, data, split="val")
 
@@ -648,6 +643,18 @@ class JointModel(nn.Module):
                 self.classifiers[d].load_state_dict(net.classifiers[d].state_dict())
 
 
+def build_joint(space: SearchSpace, paths: dict[str, Arch], num_classes: dict[str, int],
+                supernet: Optional[str | Path] = None) -> JointModel:
+    """The joint model of ``paths``: freshly initialised (from torch's global RNG), or with the weights of a
+    search's ``supernet.pt`` (whose domains must be those of ``num_classes``)."""
+    model = JointModel(space, paths, num_classes)
+    if supernet is not None:
+        net = MultiPathSupernet(space, num_classes)
+        net.load_state_dict(read_torch(supernet, "search supernet", fix="run nas multipath again to write it"))
+        model.load_from_supernet(net)
+    return model
+
+
 class _DomainView(nn.Module):
     def __init__(self, joint: JointModel, domain: str):
         super().__init__()
@@ -788,6 +795,6 @@ def run_multipath(space: SearchSpace, specs: list[DomainSpec], out_dir: str | Pa
 
 
 __all__ = ["DomainSpec", "parse_domains", "MultipathConfig", "Prioritiser", "MultiPathSupernet", "JointModel",
-           "search_paths", "controller_step", "sharing_candidates", "select_sharing", "make_controllers", "node_map",
+           "build_joint",           "search_paths", "controller_step", "sharing_candidates", "select_sharing", "make_controllers", "node_map",
            "unique_costs", "sharing_ratio", "soft_sharing_ratio", "DomainBatchNorm", "batch_statistics",
            "run_multipath"]

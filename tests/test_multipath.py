@@ -154,6 +154,24 @@ def test_joint_model_from_supernet_matches_supernet(mini_space):
             torch.testing.assert_close(joint.domain_module(d)(x), net(x, arch, d), rtol=1e-4, atol=1e-5)
 
 
+def test_build_joint_from_a_supernet_file_matches_the_supernet(mini_space, tmp_path):
+    from nas.multipath import MultiPathSupernet, build_joint
+
+    torch.manual_seed(0)
+    net = MultiPathSupernet(mini_space, {"a": 10, "b": 7}).eval()
+    torch.save(net.state_dict(), tmp_path / "supernet.pt")
+    vec = mini_space.sample(np.random.default_rng(5), 2)
+    paths = {"a": mini_space.decode(vec[0]), "b": mini_space.decode(vec[1])}
+    joint = build_joint(mini_space, paths, {"a": 10, "b": 7}, tmp_path / "supernet.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for d, arch in paths.items():
+            torch.testing.assert_close(joint(x, d), net(x, arch, d), rtol=1e-4, atol=1e-5)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="bad.pt.*search supernet.*nas multipath again"):
+        build_joint(mini_space, paths, {"a": 10, "b": 7}, tmp_path / "bad.pt")
+
+
 def test_shared_modules_keep_one_norm_per_domain_and_export_per_domain(mini_space, tmp_path):
     import onnxruntime as ort
 
