@@ -14,13 +14,18 @@ costs or gains. Writes benchmarks/results/multipath.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 from _common import ROOT, data_sha256, write_result
 
 from nas.blocks import build_model, count_params
+from nas.io import read_torch
+from nas.latency.engine import append_jsonl, load_jsonl
 from nas.multipath import (MultipathConfig, build_joint, evaluate_joint, load_domains, parse_domains,
                            search_paths, select_sharing, train_joint, unique_costs)
 from nas.space import SearchSpace
@@ -37,6 +42,43 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
 def beyond_seed_noise(diff: dict) -> bool:
     """Ahead by more than two standard errors of the paired difference (never with one seed)."""
     return diff["standard_error"] is not None and diff["mean"] > 2 * diff["standard_error"]
+
+
+class RetrainLog:
+    """Every finished retrain, one JSONL line each as it arrives, so that an interrupted benchmark resumes
+    with the retrains it still lacks."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._done = {json.dumps(r["tag"], sort_keys=True): r["result"] for r in load_jsonl(str(path))}
+
+    def get(self, tag: dict) -> dict | None:
+        return self._done.get(json.dumps(tag, sort_keys=True))
+
+    def add(self, tag: dict, result: dict) -> None:
+        self._done[json.dumps(tag, sort_keys=True)] = result
+        append_jsonl(str(self.path), [{"tag": tag, "result": result}])
+
+
+def state_sha256(path: str) -> str:
+    """sha256 of a saved state dict's tensors (not of the file, whose zip records the temporary name it was
+    written under)."""
+    h = hashlib.sha256()
+    for k, v in sorted(read_torch(path, "search supernet").items()):
+        h.update(k.encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple) -> dict:
+    """What a retrain's result depends on; a rerun reuses a logged result only when all of it is the same,
+    the starting supernet's bytes included."""
+    kind, paths, supernet, epochs = job
+    _, space_path, specs, _, cfg, subset = task_args
+    start = state_sha256(supernet) if supernet else None
+    return {"name": name, "kind": kind, "seed": seed, "paths": paths, "supernet_sha256": start, "epochs": epochs,
+            "space": space_path, "domains": [asdict(s) for s in specs], "config": asdict(cfg), "subset": subset}
 
 
 def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None,
@@ -134,19 +176,27 @@ def main() -> None:
     def args(job: tuple, seed: int) -> tuple:
         kind, p, _, _ = job
         return kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset
-    if a.workers > 0:
+    log = RetrainLog(Path(a.out) / "retrains.jsonl")
+    tags = {(k, s): retrain_tag(k, job, s, args(job, s)) for s in seeds for k, job in jobs.items()}
+    todo = [key for key, tag in tags.items() if log.get(tag) is None]
+    print(f"{len(tags) - len(todo)} of {len(tags)} retrains already in {log.path}")
+    if todo and a.workers > 0:
         import ray
 
         from nas.parallel import device_in_task, ray_session, training_task_options
 
         with ray_session(a.workers):
             task = ray.remote(max_retries=1, **training_task_options(device, a.workers))(train_variant)
-            refs = {(k, s): task.remote(*args(job, s), 1, device_in_task(device), job[2], job[3])
-                    for s in seeds for k, job in jobs.items()}
-            runs = {key: ray.get(ref) for key, ref in refs.items()}
+            refs = {task.remote(*args(jobs[k], s), 1, device_in_task(device), jobs[k][2], jobs[k][3]): (k, s)
+                    for k, s in todo}
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                log.add(tags[refs.pop(ready[0])], ray.get(ready[0]))
     else:
-        runs = {(k, s): train_variant(*args(job, s), device=device, supernet=job[2], epochs=job[3])
-                for s in seeds for k, job in jobs.items()}
+        for k, s in todo:
+            job = jobs[k]
+            log.add(tags[(k, s)], train_variant(*args(job, s), device=device, supernet=job[2], epochs=job[3]))
+    runs = {key: log.get(tag) for key, tag in tags.items()}
     results = {}
     for k in jobs:
         per_seed = [runs[(k, s)] for s in seeds]
