@@ -2,12 +2,13 @@
 
     python benchmarks/multipath_diagnostic.py --workers 2
 
-Reads the paths and recipe of benchmarks/results/multipath.json and retrains, with that recipe (2 seeds):
+Reads the paths and recipe of a from-scratch multipath run (``--base``, default
+benchmarks/results/multipath_scratch.json) and retrains, with that recipe (2 seeds):
   E1: the Fashion-MNIST path (the shared network's architecture) on CIFAR-10 alone;
   E2: one fully shared network on the CIFAR-10 path (per-domain heads and norms), both domains.
-Compared with multipath.json's single_domain (CIFAR path alone) and shared (Fashion-MNIST path, both domains),
+Compared with that file's single_domain (CIFAR path alone) and shared (Fashion-MNIST path, both domains),
 E1 isolates the architecture and E2 the shared training.
-  E3 (``--extra-seeds K``): multipath.json's multipath and shared models retrained with K more seeds, so that
+  E3 (``--extra-seeds K``): its multipath and shared models retrained with K more seeds, so that
   their difference can be set against seed noise.
 Writes benchmarks/results/multipath_diagnostic.json.
 """
@@ -28,10 +29,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--subset", type=int, default=20000, help="as the multipath.json run")
+    ap.add_argument("--base", default="multipath_scratch",
+                    help="the benchmarks/results file (without .json) of a multipath.py --init scratch run")
+    ap.add_argument("--subset", type=int, default=20000, help="as the base run")
     ap.add_argument("--extra-seeds", type=int, default=0, help="E3: more seeds for multipath and shared")
     a = ap.parse_args()
-    base = read_json(RESULTS / "multipath.json", "multipath result")
+    base = read_json(RESULTS / f"{a.base}.json", "multipath result")
     cfg = MultipathConfig(**base["config"])
     specs = parse_domains([f"{x['name']}={x['data']}" for x in base["domains"]])
     cifar = [s for s in specs if s.name == "cifar10"]
@@ -64,10 +67,10 @@ def main() -> None:
         acc = {d: float(np.mean([r["accuracy"][d] for r in per_seed])) for d in per_seed[0]["accuracy"]}
         out[name] = {"accuracy": acc, "per_seed": [r["accuracy"] for r in per_seed],
                      "unique_params": per_seed[0]["unique_params"]}
-    c = {"cifar_path_alone (multipath.json single_domain)": base["single_domain"]["accuracy"]["cifar10"],
+    c = {"cifar_path_alone (multipath_scratch.json single_domain)": base["single_domain"]["accuracy"]["cifar10"],
          "fmnist_path_alone (E1)": out["E1_cifar_alone_on_fmnist_path"]["accuracy"]["cifar10"],
          "cifar_path_shared (E2)": out["E2_shared_on_cifar_path"]["accuracy"]["cifar10"],
-         "fmnist_path_shared (multipath.json shared)": base["shared"]["accuracy"]["cifar10"]}
+         "fmnist_path_shared (multipath_scratch.json shared)": base["shared"]["accuracy"]["cifar10"]}
     print(c)
     seeds = {}
     if a.extra_seeds:
