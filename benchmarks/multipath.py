@@ -73,7 +73,7 @@ def state_sha256(path: str) -> str:
 
 def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple) -> dict:
     """What a retrain's result depends on; a rerun reuses a logged result only when all of it is the same,
-    the starting supernet's bytes included."""
+    the starting supernet's weights included."""
     kind, paths, supernet, epochs = job
     _, space_path, specs, _, cfg, subset = task_args
     start = state_sha256(supernet) if supernet else None

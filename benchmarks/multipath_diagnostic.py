@@ -67,10 +67,10 @@ def main() -> None:
         acc = {d: float(np.mean([r["accuracy"][d] for r in per_seed])) for d in per_seed[0]["accuracy"]}
         out[name] = {"accuracy": acc, "per_seed": [r["accuracy"] for r in per_seed],
                      "unique_params": per_seed[0]["unique_params"]}
-    c = {"cifar_path_alone (multipath_scratch.json single_domain)": base["single_domain"]["accuracy"]["cifar10"],
+    c = {f"cifar_path_alone ({a.base}.json single_domain)": base["single_domain"]["accuracy"]["cifar10"],
          "fmnist_path_alone (E1)": out["E1_cifar_alone_on_fmnist_path"]["accuracy"]["cifar10"],
          "cifar_path_shared (E2)": out["E2_shared_on_cifar_path"]["accuracy"]["cifar10"],
-         "fmnist_path_shared (multipath_scratch.json shared)": base["shared"]["accuracy"]["cifar10"]}
+         f"fmnist_path_shared ({a.base}.json shared)": base["shared"]["accuracy"]["cifar10"]}
     print(c)
     seeds = {}
     if a.extra_seeds:
