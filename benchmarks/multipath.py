@@ -71,12 +71,11 @@ def state_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple) -> dict:
+def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple, start: str | None) -> dict:
     """What a retrain's result depends on; a rerun reuses a logged result only when all of it is the same,
-    the starting supernet's weights included."""
-    kind, paths, supernet, epochs = job
+    the starting supernet's weights (``start``, their :func:`state_sha256`) included."""
+    kind, paths, _, epochs = job
     _, space_path, specs, _, cfg, subset = task_args
-    start = state_sha256(supernet) if supernet else None
     return {"name": name, "kind": kind, "seed": seed, "paths": paths, "supernet_sha256": start, "epochs": epochs,
             "space": space_path, "domains": [asdict(s) for s in specs], "config": asdict(cfg), "subset": subset}
 
@@ -177,7 +176,8 @@ def main() -> None:
         kind, p, _, _ = job
         return kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset
     log = RetrainLog(Path(a.out) / "retrains.jsonl")
-    tags = {(k, s): retrain_tag(k, job, s, args(job, s)) for s in seeds for k, job in jobs.items()}
+    start = {f: state_sha256(f) for f in {job[2] for job in jobs.values()} if f}  # each supernet read once
+    tags = {(k, s): retrain_tag(k, job, s, args(job, s), start.get(job[2])) for s in seeds for k, job in jobs.items()}
     todo = [key for key, tag in tags.items() if log.get(tag) is None]
     print(f"{len(tags) - len(todo)} of {len(tags)} retrains already in {log.path}")
     if todo and a.workers > 0:
