@@ -9,7 +9,15 @@ single-domain networks train alone from scratch for the same number of steps per
 model had in all (its domain's search steps plus the retraining), so each method gets the same training budget
 and the single-domain networks see no other domain. ``--init scratch``: every model trains from scratch with
 the same retraining recipe (the same steps per domain), so the comparison is structural: what sharing nodes
-costs or gains. Writes benchmarks/results/multipath.json.
+costs or gains.
+
+``single_domain`` is one network per domain on the multi-path model's own paths (chosen, so the latency is the
+same). ``single_domain_searched`` is one network per domain found by multi-path's own recipe run on that domain
+alone: a search of as many steps as the prioritiser gave the domain in the multi-path search, then the same
+retraining from that search's supernet (from scratch under ``--init scratch``). ``single_domain_matched`` is
+the same but searched at a similar latency: each domain's search adds TuNAS's absolute reward term,
+``- w * |lat / target - 1|`` with the multi-path path's table latency as the target. Writes
+benchmarks/results/multipath.json.
 """
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ from _common import ROOT, data_sha256, write_result
 from nas.blocks import build_model, count_params
 from nas.io import read_torch
 from nas.latency.engine import append_jsonl, load_jsonl
-from nas.multipath import (MultipathConfig, build_joint, evaluate_joint, load_domains, parse_domains,
+from nas.latency.table import LatencyTable
+from nas.multipath import (MultipathConfig, build_joint, config_record, evaluate_joint, load_domains, parse_domains,
                            search_paths, select_sharing, train_joint, unique_costs)
 from nas.space import SearchSpace
 from nas.train import resolve_device
@@ -37,6 +46,32 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
     return {"mean": float(d.mean()), "standard_error": se, "seeds": len(d)}
+
+
+def table_latency(space: SearchSpace, table: LatencyTable, paths: dict[str, str]) -> dict[str, float]:
+    """Each domain path's latency by the table, in ms (its correction applied where validation kept it)."""
+    pop = np.stack([space.encode(space.parse_id(i)) for i in paths.values()])
+    return dict(zip(paths, table.predict(pop).round(4).tolist()))
+
+
+def search_alone(space: SearchSpace, specs, cfg: MultipathConfig, counts: dict[str, int], a, device: str,
+                 name: str, table: LatencyTable | None = None, targets: dict[str, float] | None = None) -> dict:
+    """Search each domain alone with multi-path's recipe for the steps the prioritiser gave it (warm-up scaled
+    alike), into ``<out>/<name>_<domain>``. With ``targets``: TuNAS's absolute latency reward (weight
+    ``--matched-weight``) aims each domain's search at its target, by ``table``."""
+    found = {}
+    for s in specs:
+        n = max(1, counts.get(s.name, 0))
+        c = replace(cfg, steps=n, warmup=round(cfg.warmup * n / cfg.steps))
+        if targets:
+            c = replace(c, latency_weight=a.matched_weight, latency_target=targets[s.name], latency_reward="absolute")
+        one = load_domains([s], space, cfg.batch_size, cfg.seed, a.subset, device)
+        r = search_paths(space, one, c, f"{a.out}/{name}_{s.name}", table.predict if targets else None,
+                         device=device)
+        found[s.name] = {"path": r["paths"][s.name].id, "steps": n, "seconds": r["seconds"],
+                         **({"target_ms": targets[s.name]} if targets else {})}
+        print(name, s.name, found[s.name])
+    return found
 
 
 def beyond_seed_noise(diff: dict) -> bool:
@@ -71,19 +106,21 @@ def state_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple, start: str | None) -> dict:
+def retrain_tag(name: str, job: tuple, seed: int, task_args: tuple, start: str | dict[str, str] | None) -> dict:
     """What a retrain's result depends on; a rerun reuses a logged result only when all of it is the same,
     the starting supernet's weights (``start``, their :func:`state_sha256`) included."""
     kind, paths, _, epochs = job
     _, space_path, specs, _, cfg, subset = task_args
     return {"name": name, "kind": kind, "seed": seed, "paths": paths, "supernet_sha256": start, "epochs": epochs,
-            "space": space_path, "domains": [asdict(s) for s in specs], "config": asdict(cfg), "subset": subset}
+            "space": space_path, "domains": [asdict(s) for s in specs], "config": config_record(cfg), "subset": subset}
 
 
 def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: MultipathConfig, subset, threads=None,
-                  device: str = "cpu", supernet: str | None = None, epochs: dict[str, float] | None = None):
+                  device: str = "cpu", supernet: str | dict[str, str] | None = None,
+                  epochs: dict[str, float] | None = None):
     """Train one compared model and score it on the test splits. ``supernet``: the joint model starts from that
-    search supernet's weights (as ``nas multipath`` does); ``epochs``: a single-domain network's own training
+    search supernet's weights (as ``nas multipath`` does); for ``single``, a dict of one search supernet per
+    domain, each network starting from its own domain's; ``epochs``: a single-domain network's own training
     length per domain (default ``cfg.retrain_epochs``)."""
     import torch
 
@@ -98,7 +135,8 @@ def train_variant(kind: str, space_path: str, specs, paths_ids: dict, cfg: Multi
     if kind == "single":
         out = {}
         for d in data:
-            model = build_joint(space, {d: paths[d]}, {d: classes[d]}).to(device)
+            init = supernet.get(d) if isinstance(supernet, dict) else None
+            model = build_joint(space, {d: paths[d]}, {d: classes[d]}, init).to(device)
             train_joint(model, {d: data[d]}, (epochs or {}).get(d, cfg.retrain_epochs), cfg.retrain_lr, cfg.seed)
             out[d] = evaluate_joint(model, {d: data[d]})[d]
         costs = [unique_costs(space, {d: paths[d]}, {d: classes[d]}) for d in data]
@@ -134,9 +172,15 @@ def main() -> None:
                     help="joint models start from the search supernet (as nas multipath does) or from scratch")
     ap.add_argument("--out", default=str(ROOT / "runs" / "multipath_bench"))
     ap.add_argument("--result-name", default="multipath")
+    ap.add_argument("--latency-device", default="cpu-ort-1t",
+                    help="latency table whose sums are reported per domain path (table_latency_ms) and that the "
+                         "latency-matched searches aim with")
+    ap.add_argument("--matched-weight", type=float, default=0.5,
+                    help="|w| of the absolute latency reward of the latency-matched single-domain searches")
     a = ap.parse_args()
     device = resolve_device(a.train_device)
     space = SearchSpace.load("mobilenetv3_cifar")
+    table = LatencyTable.find(space, a.latency_device).bind(space)
     specs = parse_domains(a.domains)
     cfg = MultipathConfig(steps=a.steps, warmup=a.warmup, retrain_epochs=a.retrain_epochs, share_weight=a.share_weight,
                           select_epochs=a.select_epochs)
@@ -148,18 +192,32 @@ def main() -> None:
                        "seconds": r["seconds"]}
         print(rule, found[rule]["paths"], r["counts"])
     paths = found["lagging"]["paths"]
+    # the searched single-domain baselines: each domain searched alone with multi-path's recipe and its step
+    # share, then retrained from its own supernet; once on accuracy alone, once aimed at multi-path's latency
+    counts = found["lagging"]["counts"]
+    alone = search_alone(space, specs, cfg, counts, a, device, "single")
+    mp_latency = table_latency(space, table, paths)
+    matched = search_alone(space, specs, cfg, counts, a, device, "matched", table, mp_latency)
     biggest = max(paths.values(), key=lambda i: count_params(build_model(space.parse_id(i))))
     supernet = {rule: f"{a.out}/{rule}/supernet.pt" if a.init == "supernet" else None for rule in found}
     single_epochs = None
+    retrain_steps = int(cfg.retrain_epochs * min(len(data[d].train) for d in data))
     if a.init == "supernet":  # the multi-path model's steps per domain: its search's and its retraining's
-        retrain_steps = int(cfg.retrain_epochs * min(len(data[d].train) for d in data))
         single_epochs = {d: (retrain_steps + found["lagging"]["counts"].get(d, 0) + 0.5) / len(data[d].train)
                          for d in data}
-    # name -> (kind, paths, supernet file the joint model starts from, single-domain epochs)
+    # the searched networks retrain as long as the multi-path model does, after searches as long as its domain's
+    searched_epochs = {d: (retrain_steps + 0.5) / len(data[d].train) for d in data}
+    # name -> (kind, paths, supernet file(s) the model starts from, single-domain epochs)
     jobs = {"multipath": ("joint", paths, supernet["lagging"], None),
             "round_robin": ("joint", found["round_robin"]["paths"], supernet["round_robin"], None),
             "single_domain": ("single", paths, None, single_epochs),
-            "shared": ("joint", {d: biggest for d in paths}, supernet["lagging"], None)}
+            "shared": ("joint", {d: biggest for d in paths}, supernet["lagging"], None),
+            "single_domain_searched": ("single", {d: v["path"] for d, v in alone.items()},
+                                       {d: f"{a.out}/single_{d}/supernet.pt" for d in alone} if a.init == "supernet"
+                                       else None, searched_epochs),
+            "single_domain_matched": ("single", {d: v["path"] for d, v in matched.items()},
+                                      {d: f"{a.out}/matched_{d}/supernet.pt" for d in matched} if a.init == "supernet"
+                                      else None, searched_epochs)}
     selection = None
     if a.select_epochs > 0:
         t0 = time.time()
@@ -176,8 +234,12 @@ def main() -> None:
         kind, p, _, _ = job
         return kind, str(space.source), specs, p, replace(cfg, seed=seed), a.subset
     log = RetrainLog(Path(a.out) / "retrains.jsonl")
-    start = {f: state_sha256(f) for f in {job[2] for job in jobs.values()} if f}  # each supernet read once
-    tags = {(k, s): retrain_tag(k, job, s, args(job, s), start.get(job[2])) for s in seeds for k, job in jobs.items()}
+    files = {f for job in jobs.values() for f in (job[2].values() if isinstance(job[2], dict) else [job[2]]) if f}
+    start = {f: state_sha256(f) for f in files}  # each supernet read once
+
+    def start_of(job: tuple):
+        return {d: start[f] for d, f in job[2].items()} if isinstance(job[2], dict) else start.get(job[2])
+    tags = {(k, s): retrain_tag(k, job, s, args(job, s), start_of(job)) for s in seeds for k, job in jobs.items()}
     todo = [key for key, tag in tags.items() if log.get(tag) is None]
     print(f"{len(tags) - len(todo)} of {len(tags)} retrains already in {log.path}")
     if todo and a.workers > 0:
@@ -205,14 +267,19 @@ def main() -> None:
         r["mean_accuracy"] = float(np.mean(list(r["accuracy"].values())))
         r["per_seed_mean_accuracy"] = [float(np.mean(list(x["accuracy"].values()))) for x in per_seed]
         r["seconds"] = float(np.mean([x["seconds"] for x in per_seed]))
+        r["table_latency_ms"] = table_latency(space, table, jobs[k][1])
         results[k] = r
     mp, single, shared = results["multipath"], results["single_domain"], results["shared"]
+    searched, matched_r = results["single_domain_searched"], results["single_domain_matched"]
     vs_shared = paired_difference(mp["per_seed_mean_accuracy"], shared["per_seed_mean_accuracy"])
     figures = {
         "domains": [{**asdict(s), "data_sha256": data_sha256(s.data)} for s in specs],
         "paths": dict(jobs["multipath"][1]), "controller_paths": paths,
         "shared_network_arch": biggest,
         "multipath": mp, "single_domain": single, "shared": shared,
+        "single_domain_searched": {**searched, "searches": alone},
+        "single_domain_matched": {**matched_r, "searches": matched, "latency_weight": a.matched_weight,
+                                  "latency_reward": "absolute"},
         "prioritisation": {"rule": "lagging (softmax of 1 - running val acc, temperature 0.05, floor 0.2)",
                            "mean_accuracy": mp["mean_accuracy"], "domain_steps": found["lagging"]["counts"]},
         "round_robin": {"mean_accuracy": results["round_robin"]["mean_accuracy"],
@@ -223,13 +290,24 @@ def main() -> None:
         "goals": {"within_1pt_of_single": mp["mean_accuracy"] >= single["mean_accuracy"] - 0.01,
                   "40pct_fewer_params_than_single": 1 - mp["unique_params"] / single["unique_params"] >= 0.4,
                   "more_accurate_than_shared": mp["mean_accuracy"] > shared["mean_accuracy"],
-                  "more_accurate_than_shared_beyond_seed_noise": beyond_seed_noise(vs_shared)},
+                  "more_accurate_than_shared_beyond_seed_noise": beyond_seed_noise(vs_shared),
+                  "within_1pt_of_single_searched": mp["mean_accuracy"] >= searched["mean_accuracy"] - 0.01,
+                  "40pct_fewer_params_than_single_searched": 1 - mp["unique_params"] / searched["unique_params"] >= 0.4,
+                  "within_1pt_of_single_matched": mp["mean_accuracy"] >= matched_r["mean_accuracy"] - 0.01,
+                  "40pct_fewer_params_than_single_matched": 1 - mp["unique_params"] / matched_r["unique_params"] >= 0.4},
         "multipath_minus_shared": vs_shared,
+        "multipath_minus_single": paired_difference(mp["per_seed_mean_accuracy"], single["per_seed_mean_accuracy"]),
+        "multipath_minus_single_searched": paired_difference(mp["per_seed_mean_accuracy"],
+                                                             searched["per_seed_mean_accuracy"]),
+        "multipath_minus_single_matched": paired_difference(mp["per_seed_mean_accuracy"],
+                                                            matched_r["per_seed_mean_accuracy"]),
         "retrain_seeds": seeds, "init": a.init,
         "single_domain_epochs": single_epochs or {d: cfg.retrain_epochs for d in paths},
         **({"selection": selection, "multipath_controllers": results["multipath_controllers"]} if selection else {}),
-        "config": asdict(cfg), "train_device": device,
-        "search_seconds": {k: v["seconds"] for k, v in found.items()}}
+        "config": asdict(cfg), "train_device": device, "latency_table": table.device,
+        "search_seconds": {**{k: v["seconds"] for k, v in found.items()},
+                           **{f"single_{d}": v["seconds"] for d, v in alone.items()},
+                           **{f"matched_{d}": v["seconds"] for d, v in matched.items()}}}
     print({k: (v["mean_accuracy"], v["unique_params"]) for k, v in results.items()})
     write_result(a.result_name, figures)
 

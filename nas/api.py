@@ -381,13 +381,14 @@ def adapt(net: Optional[str] = None, *, checkpoint: Optional[str] = None, arch: 
 
 def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "mobilenetv3_cifar", steps: int = 3000,
               warmup: int = 600, prioritise: str = "lagging", device: Optional[str] = None,
-              latency_weight: float = 0.0, latency_target: Optional[float] = None,
+              latency_weight: float = 0.0, latency_target: Optional[float] = None, latency_reward: str = "mnasnet",
               share_weight: Optional[float] = None, retrain_epochs: float = 2.0, select_epochs: float = 0.0,
               workers: int = 0, subset: Optional[int] = None, out: str | Path = "runs/multipath",
               train_device: str = "cpu", seed: int = 0, quiet: bool = False) -> dict[str, Any]:
     """``nas multipath``: one REINFORCE controller per domain over one supernet, the joint model retrained
     and saved to ``out``. ``domains``: known names (cifar10, fashion-mnist), ``name=path[:classes]``, or one
-    YAML run file. ``device`` names a latency table for the MnasNet reward term. Returns paths, node_map,
+    YAML run file. ``device`` names a latency table for the reward's latency term (``latency_reward``: MnasNet's
+    ``acc * (lat / target) ** -w`` or TuNAS's ``acc - w * |lat / target - 1|``). Returns paths, node_map,
     accuracy, unique_params, unique_macs, ..."""
     from .latency import LatencyTable
     from .multipath import MultipathConfig, parse_domains, run_multipath
@@ -396,13 +397,18 @@ def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "m
     if latency_weight and not device:
         raise UserError("--latency-weight", "the latency term needs a latency table", "add --device, e.g. cpu-ort-1t")
     if latency_target is not None and not latency_weight:
-        raise UserError("--latency-target", "is the MnasNet term's target, and that term is off",
+        raise UserError("--latency-target", "is the latency term's target, and that term is off",
                         "add --latency-weight (e.g. 0.07) and --device")
+    if latency_weight and latency_target is None:
+        raise UserError("--latency-weight", "the latency term needs a target latency in ms",
+                        "add --latency-target, e.g. the table latency of a network you would ship")
+    if latency_reward not in ("mnasnet", "absolute"):
+        raise UserError("--latency-reward", f"unknown reward {latency_reward!r}", "use mnasnet or absolute")
     sp = load_space(space)
     specs = parse_domains([domains] if isinstance(domains, str) else list(domains))
     tab = LatencyTable.find(sp, device) if device else None
     cfg = MultipathConfig(steps=steps, warmup=warmup, prioritise=prioritise, latency_weight=latency_weight,
-                          latency_target=latency_target,
+                          latency_target=latency_target, latency_reward=latency_reward,
                           share_weight=MultipathConfig.share_weight if share_weight is None else share_weight,
                           retrain_epochs=retrain_epochs, select_epochs=select_epochs, seed=seed)
     return run_multipath(sp, specs, out, cfg, tab, subset, quiet=quiet, workers=workers, device=train_on)

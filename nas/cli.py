@@ -383,9 +383,13 @@ def _multipath_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--steps", type=int, default=3000)
     sp.add_argument("--warmup", type=int, default=600, help="steps of uniform path sampling first")
     sp.add_argument("--prioritise", choices=["lagging", "round_robin"], default="lagging")
-    sp.add_argument("--device", help="latency table device for the MnasNet reward term, e.g. cpu-ort-1t")
-    sp.add_argument("--latency-weight", type=float, default=0.0, help="MnasNet w (e.g. 0.07); 0: accuracy only")
-    sp.add_argument("--latency-target", type=float, default=None)
+    sp.add_argument("--device", help="latency table device for the reward's latency term, e.g. cpu-ort-1t")
+    sp.add_argument("--latency-weight", type=float, default=0.0,
+                    help="|w| of the latency term (MnasNet: 0.07); 0: accuracy only")
+    sp.add_argument("--latency-target", type=float, default=None, help="target latency in ms (table units)")
+    sp.add_argument("--latency-reward", choices=["mnasnet", "absolute"], default="mnasnet",
+                    help="mnasnet: acc * (lat/target)^-w, a bonus for every ms saved; absolute (TuNAS): "
+                         "acc - w * |lat/target - 1|, aims at the target from both sides")
     sp.add_argument("--share-weight", type=float, default=None,
                     help="reward x (joint params / separate params)^-w, the incentive to share nodes "
                          "(default 0.75); 0: none")

@@ -169,8 +169,9 @@ class MultipathConfig:
     controller_every: int = 5
     paths_per_update: int = 4
     controller_lr: float = 0.1
-    latency_weight: float = 0.0  # MnasNet w; 0 = accuracy only
+    latency_weight: float = 0.0  # |w| of the latency term; 0 = accuracy only
     latency_target: Optional[float] = None
+    latency_reward: str = "mnasnet"  # or "absolute" (TuNAS): acc - w * |lat / target - 1|, aims at the target
     share_weight: float = 0.75  # reward x soft_sharing_ratio**-share_weight; 0 = no incentive to share nodes
     prioritise: str = "lagging"
     temperature: float = 0.05
@@ -188,7 +189,8 @@ def make_controllers(space: SearchSpace, domains: list[str], cfg: MultipathConfi
     if cfg.latency_weight:
         objectives.append(Objective("latency", "min"))
     return {d: Reinforce(space, objectives, cfg.seed * 101 + i, target=cfg.latency_target,
-                         w=-abs(cfg.latency_weight), lr=cfg.controller_lr) for i, d in enumerate(domains)}
+                         w=-abs(cfg.latency_weight), lr=cfg.controller_lr, reward=cfg.latency_reward)
+            for i, d in enumerate(domains)}
 
 
 RewardFn = Callable[[str, np.ndarray], np.ndarray]
@@ -213,13 +215,21 @@ def most_likely(controller: Reinforce) -> np.ndarray:
 
 # settings that only matter after the search: a rerun may change them and reuse the search
 AFTER_SEARCH = ("checkpoint_every", "retrain_epochs", "retrain_lr", "select_epochs", "select_max")
+# fields added after runs were checkpointed, with their defaults: recorded only where a run differs from them,
+# so that those runs' checkpoints and logged results still match
+LATER_FIELDS = {"latency_reward": "mnasnet"}
+
+
+def config_record(cfg: MultipathConfig) -> dict[str, Any]:
+    """``cfg`` as the settings records of checkpoints and logs hold it (see ``LATER_FIELDS``)."""
+    return {k: v for k, v in asdict(cfg).items() if LATER_FIELDS.get(k, object()) != v}
 
 
 def search_settings(space: SearchSpace, data: dict[str, Any], cfg: MultipathConfig) -> dict[str, Any]:
     """What a multi-path search depends on: the space, the domains (name and classes) and the search's own
     settings. A checkpoint made with others is not continued."""
     return {"space": space.signature(), "domains": {d: s.num_classes for d, s in data.items()},
-            **{k: v for k, v in asdict(cfg).items() if k not in AFTER_SEARCH}}
+            **{k: v for k, v in config_record(cfg).items() if k not in AFTER_SEARCH}}
 
 
 class _SearchState:

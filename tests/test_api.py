@@ -27,6 +27,8 @@ def test_api_errors_are_user_errors(tmp_path):
     assert not (tmp_path / "p").exists()
     with pytest.raises(UserError, match="--latency-weight: the latency term needs a latency table"):
         api.multipath(["cifar10", "fashion-mnist"], latency_weight=0.07, out=tmp_path / "mp")
+    with pytest.raises(UserError, match="--latency-weight: the latency term needs a target"):
+        api.multipath(["cifar10", "fashion-mnist"], latency_weight=0.07, device="cpu-ort-1t", out=tmp_path / "mp")
     with pytest.raises(UserError, match="--latency-target"):
         api.multipath(["cifar10", "fashion-mnist"], latency_target=0.1, out=tmp_path / "mp")
     assert not (tmp_path / "mp").exists()

@@ -1,6 +1,8 @@
 """REINFORCE over the per-decision choices (independent categorical logits, as MnasNet / multi-path NAS).
 
-Reward (MnasNet): ``accuracy * (latency / target) ** w`` with ``w = -0.07``; the accuracy term is the first
+Reward (MnasNet): ``accuracy * (latency / target) ** w`` with ``w = -0.07``; or, with ``reward="absolute"``
+(TuNAS, Bender et al. 2020), ``accuracy + w * |latency / target - 1|``, which pulls toward the target from both
+sides instead of paying a bonus for every millisecond under it. The accuracy term is the first
 maximised objective, the latency term the first minimised one. One controller serves one target; several
 targets run as separate controllers (islands) so that together they trace the front.
 Constraint violations are subtracted from the reward; infeasible lookups get the batch's worst reward.
@@ -73,11 +75,25 @@ def mnasnet_reward(acc: np.ndarray, lat: Optional[np.ndarray], target: Optional[
     return acc * np.power(np.maximum(lat, 1e-12) / target, w)
 
 
+def absolute_reward(acc: np.ndarray, lat: Optional[np.ndarray], target: Optional[float], w: float) -> np.ndarray:
+    """``acc + w * |lat / target - 1|`` (``w < 0``); without a latency term, the accuracy term alone."""
+    if lat is None or target is None:
+        return acc
+    return acc + w * np.abs(lat / target - 1.0)
+
+
+REWARDS = {"mnasnet": mnasnet_reward, "absolute": absolute_reward}
+
+
 @register("rl")
 class Reinforce(Controller):
     def __init__(self, space, objectives, seed: int, target: Optional[float] = None, w: float = -0.07,
-                 lr: float = 0.1, entropy: float = 0.0, baseline_decay: float = 0.9, **_: Any):
+                 lr: float = 0.1, entropy: float = 0.0, baseline_decay: float = 0.9, reward: str = "mnasnet",
+                 **_: Any):
         super().__init__(space, objectives, seed)
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
+        self.reward_fn = REWARDS[reward]
         self.policy = CategoricalPolicy(space.n_choices, lr, entropy)
         self.target, self.w, self.decay = target, float(w), float(baseline_decay)
         self.acc_idx = next((i for i, o in enumerate(objectives) if o.direction == "max"), 0)
@@ -92,7 +108,7 @@ class Reinforce(Controller):
         obj = [o.sign * F[:, i] for i, o in enumerate(self.objectives)]  # back to natural units
         acc = obj[self.acc_idx]
         lat = obj[self.lat_idx] if self.lat_idx is not None else None
-        r = mnasnet_reward(acc, lat, self.target, self.w) - cv
+        r = self.reward_fn(acc, lat, self.target, self.w) - cv
         bad = ~np.isfinite(r)
         if bad.all():
             return np.zeros_like(r)
