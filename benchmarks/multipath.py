@@ -207,17 +207,17 @@ def main() -> None:
                          for d in data}
     # the searched networks retrain as long as the multi-path model does, after searches as long as its domain's
     searched_epochs = {d: (retrain_steps + 0.5) / len(data[d].train) for d in data}
+    def searched_job(name: str, searches: dict) -> tuple:  # retrained from its own search's supernet per domain
+        starts = {d: f"{a.out}/{name}_{d}/supernet.pt" for d in searches} if a.init == "supernet" else None
+        return "single", {d: v["path"] for d, v in searches.items()}, starts, searched_epochs
+
     # name -> (kind, paths, supernet file(s) the model starts from, single-domain epochs)
     jobs = {"multipath": ("joint", paths, supernet["lagging"], None),
             "round_robin": ("joint", found["round_robin"]["paths"], supernet["round_robin"], None),
             "single_domain": ("single", paths, None, single_epochs),
             "shared": ("joint", {d: biggest for d in paths}, supernet["lagging"], None),
-            "single_domain_searched": ("single", {d: v["path"] for d, v in alone.items()},
-                                       {d: f"{a.out}/single_{d}/supernet.pt" for d in alone} if a.init == "supernet"
-                                       else None, searched_epochs),
-            "single_domain_matched": ("single", {d: v["path"] for d, v in matched.items()},
-                                      {d: f"{a.out}/matched_{d}/supernet.pt" for d in matched} if a.init == "supernet"
-                                      else None, searched_epochs)}
+            "single_domain_searched": searched_job("single", alone),
+            "single_domain_matched": searched_job("matched", matched)}
     selection = None
     if a.select_epochs > 0:
         t0 = time.time()

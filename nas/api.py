@@ -392,6 +392,7 @@ def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "m
     accuracy, unique_params, unique_macs, ..."""
     from .latency import LatencyTable
     from .multipath import MultipathConfig, parse_domains, run_multipath
+    from .search.rl import REWARDS
 
     train_on = _train_device(train_device)
     if latency_weight and not device:
@@ -402,8 +403,8 @@ def multipath(domains: "str | Sequence[str]", *, space: "str | SearchSpace" = "m
     if latency_weight and latency_target is None:
         raise UserError("--latency-weight", "the latency term needs a target latency in ms",
                         "add --latency-target, e.g. the table latency of a network you would ship")
-    if latency_reward not in ("mnasnet", "absolute"):
-        raise UserError("--latency-reward", f"unknown reward {latency_reward!r}", "use mnasnet or absolute")
+    if latency_reward not in REWARDS:
+        raise UserError("--latency-reward", f"unknown reward {latency_reward!r}", f"use one of {', '.join(REWARDS)}")
     sp = load_space(space)
     specs = parse_domains([domains] if isinstance(domains, str) else list(domains))
     tab = LatencyTable.find(sp, device) if device else None

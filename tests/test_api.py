@@ -31,6 +31,8 @@ def test_api_errors_are_user_errors(tmp_path):
         api.multipath(["cifar10", "fashion-mnist"], latency_weight=0.07, device="cpu-ort-1t", out=tmp_path / "mp")
     with pytest.raises(UserError, match="--latency-target"):
         api.multipath(["cifar10", "fashion-mnist"], latency_target=0.1, out=tmp_path / "mp")
+    with pytest.raises(UserError, match="--latency-reward: unknown reward 'tunas'"):
+        api.multipath(["cifar10", "fashion-mnist"], latency_reward="tunas", out=tmp_path / "mp")
     assert not (tmp_path / "mp").exists()
     for budget, needle in (({}, "no budget given"), ({"budget_ms": 0.2, "budget_ratio": 0.5}, "both"),
                            ({"budget_ratio": 1.5}, "--budget-ratio: must be between 0 and 1")):

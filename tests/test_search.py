@@ -287,14 +287,12 @@ def test_measure_that_cannot_run_here_is_refused_before_the_search(tmp_path, mon
     assert not (tmp_path / "run2").exists()
 
 
-def _latency_only_policy(space, reward: str, target: float, steps: int = 150) -> float:
+def _latency_only_policy(space, table, reward: str, target: float, steps: int = 150) -> float:
     """A REINFORCE controller whose accuracy term is flat, so only the latency term moves it; the table
     latency of its most likely path after ``steps`` updates."""
-    from nas.latency.table import LatencyTable
     from nas.objectives import Objective
     from nas.search.rl import Reinforce
 
-    table = LatencyTable.find(space, "cpu-ort-1t").bind(space)
     rl = Reinforce(space, [Objective("accuracy", "max"), Objective("latency", "min")], seed=0, target=target,
                    w=-0.5, reward=reward)
     for _ in range(steps):
@@ -312,7 +310,7 @@ def test_absolute_reward_aims_at_the_target_and_mnasnet_goes_under_it(cifar_spac
     assert mnasnet_reward(acc, lat, 1.0, -0.07)[0] > 0.6  # a bonus for being under the target
     table = LatencyTable.find(cifar_space, "cpu-ort-1t").bind(cifar_space)
     target = float(np.median(table.predict(cifar_space.sample(np.random.default_rng(0), 2000))))
-    aimed = _latency_only_policy(cifar_space, "absolute", target)
-    under = _latency_only_policy(cifar_space, "mnasnet", target)
+    aimed = _latency_only_policy(cifar_space, table, "absolute", target)
+    under = _latency_only_policy(cifar_space, table, "mnasnet", target)
     assert abs(aimed / target - 1) < 0.1
     assert under < 0.8 * target
