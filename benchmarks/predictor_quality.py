@@ -8,6 +8,9 @@
 3. compares predicted and measured accuracy, against MACs, params and a one-hot linear model on the same M samples;
 4. compares weight-shared and separate distillation of a few options of one stage (cost and ranking).
 
+The result keeps every fit and held-out network with its measured top-1 (``architectures``), so that other
+predictors can be scored against the same ground truth without fine-tuning anything again.
+
 Writes benchmarks/results/predictor_quality.json; ``--install`` copies the predictor to
 predictors/mobilenetv3_cifar/cifar10.json (the shipped default).
 """
@@ -144,6 +147,19 @@ def draw_figures(draws: list[np.ndarray], predicted: np.ndarray, accs: np.ndarra
                     "gt_repeat_tau": float(kendalltau(accs[0, part], accs[1, part]).statistic),
                     "heldout_accuracy_range": [float(acc.min()), float(acc.max())]})
     return out
+
+
+def architecture_rows(space: SearchSpace, fit_pop: np.ndarray, fit_acc: np.ndarray, held: np.ndarray,
+                      val: np.ndarray, test: np.ndarray, predicted: np.ndarray) -> dict:
+    """Every network behind the figures, so that another predictor can be fitted and scored later without a
+    fine-tune: fit samples with the accuracy they were fitted on, held-out ones with each seed's top-1 and the
+    prediction. Features need no storing: the predictor's ``stage_nsr`` and the arch ids give them."""
+    r = lambda x: round(float(x), 6)  # noqa: E731
+    fit = [{"arch_id": x.id, "val_top1": r(y)} for x, y in zip(space.decode_many(fit_pop), fit_acc)]
+    heldout = [{"arch_id": x.id, "val_top1": [r(v) for v in val[:, k]],
+                "test_top1": [None if np.isnan(t) else r(t) for t in test[:, k]], "predicted": r(predicted[k])}
+               for k, x in enumerate(space.decode_many(held))]
+    return {"fit": fit, "heldout": heldout}
 
 
 def split_sizes(data_path: str) -> tuple[int, int]:
@@ -292,6 +308,7 @@ def main() -> None:
         figures["draws"] = draw_figures(draws, predicted, accs, baselines_pred)
     figures["repeat_ceiling_tau"] = repeat_ceiling_tau(accs.tolist())
     figures["data_sha256"] = data_sha256(a.data)
+    figures["architectures"] = architecture_rows(space, fit_pop, fit_acc, held, accs, test_accs, predicted)
     figures["heldout_devices"] = dict(Counter(device_of(r) for r in heldout_recs))
     figures["sample_devices"] = dict(Counter(device_of(r) for r in sample_recs))
     check = device_check(out, recipe)
